@@ -1,0 +1,66 @@
+# FlashAttention from Scratch -- the course's verbs. `make help` lists them.
+#
+# Set-up is automatic: a Python that already has torch and triton (the GPU machines) is used as
+# it is; otherwise the first command builds .venv (torch, triton, pytest, numpy, matplotlib).
+
+SHELL := /bin/bash
+VENV ?= .venv
+TORCH_SPEC ?= torch
+IMPL ?= exercises
+PHASES := $(sort $(patsubst solutions/phase%,%,$(wildcard solutions/phase[0-9]*)))
+
+ifeq ($(shell python3 -c 'import torch, triton, pytest, numpy' >/dev/null 2>&1 && echo yes),yes)
+PY := python3
+SETUP :=
+else
+PY := $(VENV)/bin/python
+SETUP := $(VENV)/.installed
+endif
+
+ifneq ($(filter grade grade-gpu,$(MAKECMDGOALS)),)
+ifeq ($(filter $(PHASE),$(PHASES)),)
+$(error PHASE must be one of: $(PHASES) -- e.g. make grade PHASE=0 [IMPL=exercises|solutions])
+endif
+ifeq ($(filter $(IMPL),exercises solutions),)
+$(error IMPL must be exercises or solutions, not '$(IMPL)')
+endif
+endif
+
+.PHONY: help grade check-solutions test exercises measure figures lint clean
+
+help: ## list the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+grade: $(SETUP) ## grade one phase: PHASE=N [IMPL=exercises|solutions]
+	@$(PY) -m grader grade --phase $(PHASE) --impl $(IMPL)
+
+check-solutions: $(SETUP) ## every phase both ways: solutions get full marks, untouched stubs zero
+	@$(PY) -m grader check-solutions
+
+test: $(SETUP) ## everything CI runs: stale-exercises check, check-solutions, the course's own tests
+	$(PY) -m grader.generate --check
+	$(PY) -m grader check-solutions
+	$(PY) -m pytest grader/tests -q
+
+exercises: $(SETUP) ## regenerate exercises/ from solutions/ (edited files are kept unless FORCE=1)
+	$(PY) -m grader.generate $(if $(FORCE),--force,)
+
+measure: $(SETUP) ## GPU only: measure the device's copy bandwidth and matmul peak into assets/
+	$(PY) -m grader.measure device
+
+figures: $(SETUP) ## redraw the plots and tables of lessons and README from the data in assets/
+	$(PY) -m grader.figures
+
+lint: $(SETUP) ## ruff over the course's code
+	$(PY) -m ruff check grader solutions
+
+clean: ## remove reports and caches (keeps .venv)
+	rm -rf reports .pytest_cache && find . -name __pycache__ -prune -exec rm -rf {} +
+
+$(VENV)/.installed: pyproject.toml
+	@echo "Setting up $(VENV) (first run only): torch, triton, pytest, numpy, matplotlib"
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -c 'import torch' 2>/dev/null || $(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	@touch $@

@@ -1,0 +1,31 @@
+# Generated from solutions/phase0/cost.py by `make exercises`: fill in the TODOs below.
+# Regenerating never overwrites a file you have edited (unless forced).
+"""The cost model of attention: FLOPs, HBM traffic and arithmetic intensity, naive vs fused."""
+from .checks import check_positive_ints
+
+
+def attention_cost(B, H, N, D, causal=False, dtype_bytes=2):
+    """Costs of one attention forward over (B, H, N, D) inputs with N queries and N keys.
+
+    Returns a dict:
+      flops            the two matmuls, 4*B*H*N*N*D, halved when causal (softmax not counted)
+      s_bytes, p_bytes bytes of the N x N score matrix S and of the probabilities P
+      fused_bytes      HBM traffic of a fused kernel: read q, k, v once, write o once
+      naive_bytes      three passes: fused_bytes plus writing S, reading S, writing P, reading P
+      fused_intensity, naive_intensity   flops per byte of HBM traffic
+    The naive version materializes the whole N x N matrix even when causal.
+    """
+    check_positive_ints(B=B, H=H, N=N, D=D, dtype_bytes=dtype_bytes)
+    # TODO(phase 0): count flops (2 matmuls of 2*N*N*D each per head, halved if causal) and the bytes of S (= bytes of P)
+    raise NotImplementedError("phase 0: count flops (2 matmuls of 2*N*N*D each per head, halved if causal) and the bytes of S (= bytes of P)")
+    # TODO(phase 0): count the HBM bytes of the fused kernel (q, k, v, o once each) and of the naive one (adds four trips of an N x N matrix)
+    raise NotImplementedError("phase 0: count the HBM bytes of the fused kernel (q, k, v, o once each) and of the naive one (adds four trips of an N x N matrix)")
+    return {
+        "flops": flops,
+        "s_bytes": s_bytes,
+        "p_bytes": s_bytes,
+        "fused_bytes": fused_bytes,
+        "naive_bytes": naive_bytes,
+        "fused_intensity": flops / fused_bytes,
+        "naive_intensity": flops / naive_bytes,
+    }

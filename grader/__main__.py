@@ -1,0 +1,86 @@
+"""Command line behind the Makefile: `python -m grader grade|check-solutions ...`."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from grader.impl import ROOT, TREES, phases
+
+
+def _phase_error(given) -> str:
+    known = ", ".join(str(p) for p in phases())
+    return f"error: unknown phase {given!r}: choose PHASE from {known} (e.g. make grade PHASE=0)"
+
+
+def report_path(phase: int, tree: str) -> str:
+    return str(ROOT / "reports" / f"phase{phase}-{tree}.json")
+
+
+def grade(phase: int, tree: str, extra: list[str], report: str | None = None) -> int:
+    import pytest
+
+    os.environ["FA_IMPL"] = tree
+    args = [str(ROOT / "grader" / "phases" / f"test_phase{phase}.py"), "-p", "grader.plugin",
+            "-q", "--tb=no", "-rN", "--disable-warnings", "--rootdir", str(ROOT),
+            "--phase", str(phase), "--report", report or report_path(phase, tree), *extra]
+    return int(pytest.main(args))
+
+
+def check_solutions(selected: list[int]) -> int:
+    """Both directions for every phase: the reference gets full marks, the stubs get zero."""
+    problems, lines = [], []
+    print("check-solutions: solutions must pass every graded test, untouched stubs must fail every one", flush=True)
+    for phase in selected:
+        for tree in ("solutions", "exercises"):
+            started = time.time()
+            proc = subprocess.run([sys.executable, "-m", "grader", "grade", "--phase", str(phase), "--impl", tree],
+                                  cwd=ROOT, capture_output=True, text=True)
+            rc = proc.returncode
+            summary = json.loads(open(report_path(phase, tree)).read())
+            score, best = summary["score"], summary["max_score_run"]
+            failed = [t for t in summary["tests"] if t["outcome"] == "failed"]
+            if tree == "solutions":
+                ok = rc == 0 and score == best and best > 0
+                why = "" if ok else f"solutions scored {score:g}/{best:g} (exit {rc})"
+            else:
+                unclear = [t["name"] for t in failed if not t["message"].startswith("TODO")]
+                ok = rc != 0 and score == 0 and failed and not unclear
+                why = "" if ok else (f"stubs scored {score:g}/{best:g} (exit {rc})" if score or rc == 0 else
+                                     f"stub failures without a TODO message: {', '.join(unclear[:4])}")
+            line = (f"phase {phase}  {tree:<10} {score:g}/{best:g} points  exit {rc}  "
+                    f"{time.time() - started:5.0f} s  {'ok' if ok else 'PROBLEM: ' + why}")
+            print(line, flush=True)  # progress, one line per grading run
+            lines.append(line)
+            if not ok:
+                print(proc.stdout[-6000:] + proc.stderr[-3000:])  # the whole table, where it went wrong
+                problems.append(f"phase {phase} {tree}: {why}")
+    if problems:
+        print(f"FAILED: {len(problems)} problem(s)")
+        return 1
+    print(f"OK: {len(selected)} phase(s), both directions")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grader")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("grade", help="grade one phase")
+    g.add_argument("--phase", required=True)
+    g.add_argument("--impl", default="exercises", choices=TREES)
+    g.add_argument("--report", default=None)
+    c = sub.add_parser("check-solutions", help="solutions pass and stubs fail, for every phase")
+    c.add_argument("--phases", default=None, help="comma-separated subset (default: all)")
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "grade":
+        if not str(args.phase).isdigit() or int(args.phase) not in phases():
+            print(_phase_error(args.phase), file=sys.stderr)
+            return 2
+        return grade(int(args.phase), args.impl, extra, args.report)
+    selected = phases() if not args.phases else [int(p) for p in args.phases.split(",")]
+    return check_solutions(selected)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The compile tier: build every graded kernel ahead of time for sm_80 and sm_90, no GPU needed.
+
+The interpreter runs kernels as numpy and accepts code the compiler rejects (shapes that are not
+powers of two, unsupported dtypes in `tl.dot`, ...). Compiling for real targets catches that on a
+laptop, and the compiled metadata tells how heavy each kernel is: registers per thread, bytes
+spilled to local memory, and shared memory per program.
+
+Kernels are compiled in a child process without TRITON_INTERPRET (the parent may be interpreting,
+and `@triton.jit` fixed its choice when the module was imported). Run as
+`python -m grader.aot` with a JSON list of specs on stdin; it prints a JSON list of results.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+from grader.impl import ROOT
+
+ARCHS = (80, 90)
+
+
+@dataclass
+class KernelSpec:
+    """One kernel to compile: where it lives, its argument types and its compile-time constants."""
+    module: str                      # e.g. "softmax" for <tree>.phase0.softmax
+    kernel: str                      # attribute name of the @triton.jit function
+    signature: dict                  # argument name -> Triton type ("*fp16", "i32", "fp32", "constexpr")
+    constexprs: dict = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 3
+    label: str = ""                  # shown in the report, e.g. "fp16, BLOCK=1024"
+
+
+def compile_all(phase: int, tree: str, specs: list[KernelSpec], timeout: int = 300) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["FA_IMPL"] = tree
+    request = json.dumps({"phase": phase, "specs": [asdict(s) for s in specs]})
+    proc = subprocess.run([sys.executable, "-m", "grader.aot"], input=request, capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the compile tier's child process failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _cuobjdump() -> str | None:
+    import triton
+
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
+
+
+def _resources(cubin: bytes) -> dict:
+    """Registers and local memory (spills) per thread, read from the cubin with cuobjdump."""
+    tool = _cuobjdump()
+    if tool is None:
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    found = dict(re.findall(r"\b(REG|STACK|LOCAL):(\d+)", out))
+    return {"registers": int(found.get("REG", 0)), "spill_bytes": int(found.get("LOCAL", 0)),
+            "stack_bytes": int(found.get("STACK", 0))}
+
+
+def _compile_one(phase: int, spec: dict, arch: int) -> dict:
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    tree = os.environ.get("FA_IMPL", "exercises")
+    module = importlib.import_module(f"{tree}.phase{phase}.{spec['module']}")
+    from triton.runtime.jit import JITFunction
+
+    kernel = getattr(module, spec["kernel"])
+    while not isinstance(kernel, JITFunction):  # unwrap @triton.autotune / @triton.heuristics
+        kernel = kernel.fn
+    result = {"kernel": spec["kernel"], "label": spec["label"], "arch": f"sm_{arch}"}
+    try:
+        src = ASTSource(fn=kernel, signature=spec["signature"], constexprs=spec["constexprs"])
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]})
+    except Exception as exc:  # a stub's static_assert, or code the compiler rejects
+        message = str(exc).strip().splitlines()
+        result["error"] = f"{type(exc).__name__}: {message[-1] if message else ''}"
+        result["detail"] = str(exc)[-1500:]
+        return result
+    result["shared_bytes"] = int(compiled.metadata.shared)
+    result.update(_resources(compiled.asm["cubin"]))
+    return result
+
+
+def main():
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    request = json.loads(sys.stdin.read())
+    results = [_compile_one(request["phase"], spec, arch) for spec in request["specs"] for arch in ARCHS]
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Fresh random inputs for graded calls, and the check that bad input is refused clearly."""
+import torch
+
+
+def randn(shape, dtype, device, gen, scale=1.0):
+    """Normal values drawn on the CPU from `gen` (reproducible on any device), then moved."""
+    return (torch.randn(shape, generator=gen, dtype=torch.float32) * scale).to(dtype=dtype, device=device)
+
+
+def qkv(B, H, Nq, Nk, D, dtype, device, gen, layout="bhnd"):
+    """q (B, H, Nq, D), k and v (B, H, Nk, D).
+
+    layout="bnhd" allocates (B, N, H, D) tensors and returns their transpose(1, 2) views, the
+    non-contiguous layout that projections produce in a real model.
+    """
+    def make(n):
+        if layout == "bnhd":
+            return randn((B, n, H, D), dtype, device, gen).transpose(1, 2)
+        return randn((B, H, n, D), dtype, device, gen)
+    return make(Nq), make(Nk), make(Nk)
+
+
+def assert_refuses(fn, error: type, name: str, what: str):
+    """`fn()` must raise `error` (ValueError or TypeError) whose message names the argument."""
+    try:
+        fn()
+    except error as exc:
+        if name not in str(exc):
+            raise AssertionError(f"bad input ({what}): {error.__name__} raised, but its message does not "
+                                 f"name {name!r}: {str(exc)[:120]!r}") from None
+        return
+    except NotImplementedError:
+        raise
+    except Exception as exc:
+        raise AssertionError(f"bad input ({what}) should raise {error.__name__} naming {name!r}, "
+                             f"got {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}") from None
+    raise AssertionError(f"bad input ({what}) should raise {error.__name__} naming {name!r}; nothing was raised")
+

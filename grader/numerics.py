@@ -1,0 +1,78 @@
+"""Numerical agreement the way attention libraries test it.
+
+The truth is a float64 computation. A low-precision result is judged against the error that
+PyTorch's own implementation makes in the same precision (SDPA for attention, torch.softmax for
+softmax): the student's error may be at most `MULTIPLIER` times PyTorch's, plus a small floor that
+keeps the rule meaningful where PyTorch happens to be almost exact. gradcheck is never used: it
+probes finite differences in float64, which says nothing about a kernel's float16 rounding.
+"""
+import torch
+
+from grader import runtime
+
+# flash-attn's own tests allow twice PyTorch's error.
+MULTIPLIER = 2.0
+
+
+def absolute_floor(dtype: torch.dtype) -> float:
+    """The smallest error always allowed, for outputs of magnitude about one."""
+    if dtype == torch.float32:
+        # Triton's float32 tl.dot runs in TF32 on a GPU (10-bit mantissa) and exactly under the
+        # interpreter: the floor follows what the hardware does, not what SDPA does.
+        return 1e-5 if runtime.interpreting() else 2e-3
+    return {torch.float16: 1e-4, torch.bfloat16: 1e-3}[dtype]
+
+
+def reference_attention(q, k, v, causal=False, sm_scale=None):
+    """(o, lse) in float64: softmax(q k^T * sm_scale) v, with SDPA's top-left causal mask."""
+    q, k, v = (t.to(torch.float64) for t in (q, k, v))
+    sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
+    s = torch.matmul(q, k.transpose(-2, -1)) * sm_scale
+    if causal:
+        n_q, n_k = q.shape[-2], k.shape[-2]
+        above_diagonal = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).triu(1)
+        s = s.masked_fill(above_diagonal, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - lse[..., None])
+    return torch.matmul(p, v), lse
+
+
+def sdpa(q, k, v, causal=False, sm_scale=None):
+    """PyTorch's attention in the inputs' own precision: the baseline error to compare with."""
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=sm_scale)
+
+
+def _where(index: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(i) for i in index) + "]"
+
+
+def assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, baseline: torch.Tensor, dtype=None):
+    """Fail with one readable line unless |got - ref| <= MULTIPLIER * |baseline - ref| + floor.
+
+    `ref` is the float64 truth, `baseline` PyTorch's low-precision result for the same inputs.
+    """
+    dtype = dtype or baseline.dtype
+    if tuple(got.shape) != tuple(ref.shape):
+        raise AssertionError(f"{name}: shape {tuple(got.shape)}, expected {tuple(ref.shape)}")
+    got64 = got.detach().to(torch.float64)
+    ref64 = ref.detach().to(torch.float64)
+    bad = ~torch.isfinite(got64)
+    if bad.any():
+        first = tuple(bad.nonzero()[0].tolist())
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {got.numel()} values are NaN or inf, first at {_where(first)} "
+            "(outputs are poisoned with NaN before the call: an unwritten element shows up here)"
+        )
+    err = (got64 - ref64).abs()
+    baseline_err = (baseline.detach().to(torch.float64) - ref64).abs().max().item()
+    floor = absolute_floor(dtype)
+    allowed = MULTIPLIER * baseline_err + floor
+    worst = err.max().item() if err.numel() else 0.0
+    if worst > allowed:
+        index = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
+        raise AssertionError(
+            f"{name}: max |error| {worst:.2e} at {_where(index)} (got {got64[index].item():.5g}, "
+            f"expected {ref64[index].item():.5g}); allowed {allowed:.2e} = {MULTIPLIER:g} x PyTorch's "
+            f"{str(dtype).removeprefix('torch.')} error {baseline_err:.2e} + {floor:.0e}"
+        )
+    return worst, allowed

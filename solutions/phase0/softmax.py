@@ -1,0 +1,68 @@
+"""Row-wise softmax in Triton, for any row width: the memory-bound building block of attention."""
+import torch
+import triton
+import triton.language as tl
+
+from .checks import check_float_tensor, check_triton_device
+
+# Widest row kept whole in registers. 8192 float32 values over 8 warps is 32 per thread; wider
+# rows are streamed through in chunks of this size instead of spilling.
+MAX_BLOCK = 8192
+
+
+@triton.jit
+def softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride,
+                   BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr):
+    # One program per row. int64: row * stride overflows int32 once a tensor passes 2**31 elements.
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * x_row_stride
+    y_row = y_ptr + row * y_row_stride
+    cols = tl.arange(0, BLOCK)
+    if ONE_BLOCK:
+        # TODO(phase 0): the row fits in one block: load it (pad with -inf), subtract its max, exponentiate, divide by the sum, store in y's dtype
+        ### BEGIN SOLUTION
+        # Padding with -inf makes the padded lanes vanish: exp(-inf - m) = 0 adds nothing to the sum.
+        x = tl.load(x_row + cols, mask=cols < n_cols, other=-float("inf")).to(tl.float32)
+        e = tl.exp(x - tl.max(x, axis=0))  # subtracting the max keeps exp from overflowing
+        y = e / tl.sum(e, axis=0)
+        tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=cols < n_cols)
+        ### END SOLUTION
+    else:
+        # TODO(phase 0): the row is wider than a block: sweep it three times (running max, then sum of exp(x - max), then write exp(x - max) / sum)
+        ### BEGIN SOLUTION
+        # Three reads of the row: Phase 2's online softmax fuses the first two.
+        m = tl.full([BLOCK], -float("inf"), tl.float32)
+        for start in range(0, n_cols, BLOCK):
+            x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf"))
+            m = tl.maximum(m, x.to(tl.float32))
+        row_max = tl.max(m, axis=0)
+        total = tl.zeros([BLOCK], tl.float32)
+        for start in range(0, n_cols, BLOCK):
+            x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf"))
+            total += tl.exp(x.to(tl.float32) - row_max)
+        row_sum = tl.sum(total, axis=0)
+        for start in range(0, n_cols, BLOCK):
+            x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf"))
+            y = tl.exp(x.to(tl.float32) - row_max) / row_sum
+            tl.store(y_row + start + cols, y.to(y_ptr.dtype.element_ty), mask=start + cols < n_cols)
+        ### END SOLUTION
+
+
+def softmax(x):
+    """softmax over the last dimension of `x` (any shape, any width, float16/bfloat16/float32)."""
+    check_float_tensor(x, "x")
+    check_triton_device(x, "x")
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (softmax runs over the last one)")
+    n_cols = x.shape[-1]
+    rows = x.reshape(-1, n_cols)
+    if rows.numel() and rows.stride(-1) != 1:
+        rows = rows.contiguous()  # the kernel walks a row with unit stride
+    y = torch.empty_like(rows)
+    if rows.numel() == 0:
+        return y.reshape(x.shape)
+    block = min(triton.next_power_of_2(n_cols), MAX_BLOCK)
+    num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+    softmax_kernel[(rows.shape[0],)](rows, y, n_cols, rows.stride(0), y.stride(0),
+                                     BLOCK=block, ONE_BLOCK=n_cols <= block, num_warps=num_warps)
+    return y.reshape(x.shape)
