@@ -30,15 +30,22 @@ def grade(phase: int, tree: str, extra: list[str], report: str | None = None) ->
 
 def check_solutions(selected: list[int]) -> int:
     """Both directions for every phase: the reference gets full marks, the stubs get zero."""
-    problems, lines = [], []
+    problems = []
     print("check-solutions: solutions must pass every graded test, untouched stubs must fail every one", flush=True)
     for phase in selected:
         for tree in ("solutions", "exercises"):
             started = time.time()
+            if os.path.exists(report_path(phase, tree)):
+                os.remove(report_path(phase, tree))  # never read a report left by an earlier run
             proc = subprocess.run([sys.executable, "-m", "grader", "grade", "--phase", str(phase), "--impl", tree],
                                   cwd=ROOT, capture_output=True, text=True)
             rc = proc.returncode
-            summary = json.loads(open(report_path(phase, tree)).read())
+            path = report_path(phase, tree)
+            if proc.returncode not in (0, 1) or not os.path.exists(path):
+                print(proc.stdout[-6000:] + proc.stderr[-3000:])
+                problems.append(f"phase {phase} {tree}: the grader itself failed (exit {rc})")
+                continue
+            summary = json.loads(open(path).read())
             score, best = summary["score"], summary["max_score_run"]
             failed = [t for t in summary["tests"] if t["outcome"] == "failed"]
             if tree == "solutions":
@@ -52,7 +59,6 @@ def check_solutions(selected: list[int]) -> int:
             line = (f"phase {phase}  {tree:<10} {score:g}/{best:g} points  exit {rc}  "
                     f"{time.time() - started:5.0f} s  {'ok' if ok else 'PROBLEM: ' + why}")
             print(line, flush=True)  # progress, one line per grading run
-            lines.append(line)
             if not ok:
                 print(proc.stdout[-6000:] + proc.stderr[-3000:])  # the whole table, where it went wrong
                 problems.append(f"phase {phase} {tree}: {why}")

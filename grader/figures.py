@@ -1,0 +1,16 @@
+"""`python -m grader.figures`: redraw plots and generated tables from the data in assets/."""
+import sys
+
+from grader.lessons import modules
+
+
+def main() -> int:
+    for name, module in modules().items():
+        if hasattr(module, "figures"):
+            for line in module.figures() or []:
+                print(f"{name}: {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
