@@ -45,8 +45,8 @@ test: $(SETUP) ## everything CI runs: stale-exercises check, check-solutions, th
 exercises: $(SETUP) ## regenerate exercises/ from solutions/ (edited files are kept unless FORCE=1)
 	$(PY) -m grader.generate $(if $(FORCE),--force,)
 
-measure: $(SETUP) ## GPU only: run the lessons' measurements (device ceilings, kernels vs SDPA) into assets/
-	$(PY) -m grader.measure $(PHASES:%=phase%)
+measure: $(SETUP) ## GPU only: run the lessons' measurements [PHASE=N] (device ceilings, kernels vs SDPA) into assets/
+	$(PY) -m grader.measure $(if $(PHASE),phase$(PHASE),$(PHASES:%=phase%))
 
 figures: $(SETUP) ## redraw the plots and tables of lessons and README from the data in assets/
 	$(PY) -m grader.figures
