@@ -1,7 +1,7 @@
 """`python -m grader.figures`: redraw plots and generated tables from the data in assets/."""
 import sys
 
-from grader.lessons import modules
+from grader.lessons import modules, readme
 
 
 def main() -> int:
@@ -9,6 +9,8 @@ def main() -> int:
         if hasattr(module, "figures"):
             for line in module.figures() or []:
                 print(f"{name}: {line}")
+    for line in readme.update():
+        print(f"README: {line}")
     return 0
 
 

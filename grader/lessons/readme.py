@@ -1,0 +1,57 @@
+"""The README's measured-results section, generated from assets/ (never typed by hand)."""
+import json
+
+from grader.impl import ROOT
+from grader.lessons import common
+
+README = ROOT / "README.md"
+
+
+def _grades() -> str:
+    rows = []
+    for path in sorted((common.ASSETS / "reports").glob("phase*-solutions-gpu.json"),
+                       key=lambda p: int(p.name.split("-")[0].removeprefix("phase"))):
+        sol = json.loads(path.read_text())
+        stub_path = path.with_name(path.name.replace("solutions", "exercises"))
+        stub = json.loads(stub_path.read_text()) if stub_path.exists() else None
+        env = sol["environment"]
+        tiers = ", ".join(t for t, state in sol["tiers"].items() if state == "available")
+        throughput = "; ".join(t["metrics"]["throughput"]["summary"] for t in sol["tests"]
+                               if "throughput" in t.get("metrics", {}) and t["outcome"] == "passed")
+        rows.append([f"{sol['phase']}", f"{sol['score']:g} / {sol['max_score_run']:g}",
+                     f"{stub['score']:g} / {stub['max_score_run']:g}" if stub else "not run", tiers,
+                     f"{env['device']}, torch {env['torch']}, Triton {env['triton']}", throughput or "-"])
+    if not rows:
+        return "(no GPU report committed yet)\n"
+    return common.markdown_table(["phase", "solutions", "untouched stubs", "tiers run", "where",
+                                  "throughput checks (ours vs the reference in the same run)"], rows)
+
+
+def _device() -> str:
+    device = common.load("phase0/device.json")
+    if device is None:
+        return "(not measured yet)\n"
+    m = device["meta"]
+    return (common.markdown_table(["device", "copy bandwidth", "bf16 matmul", "ridge point"],
+                                  [[m["device"], f"{device['copy_gbs']:,.0f} GB/s",
+                                    f"{device['matmul_bf16_tflops']:.0f} TFLOPS",
+                                    f"{device['matmul_bf16_tflops'] * 1e3 / device['copy_gbs']:.0f} FLOP/byte"]])
+            + "\n" + common.measured_on(m))
+
+
+def _tables() -> str:
+    parts = []
+    for rel, title in (("phase3/forward_table.md", "Forward (Phase 3 reference solution)"),
+                       ("phase4/backward_table.md", "Backward and forward+backward (Phase 4 reference solution)")):
+        path = common.ASSETS / rel
+        if path.exists():
+            parts.append(f"**{title}**\n\n{path.read_text().strip()}\n")
+    return "\n".join(parts) if parts else "(the kernel phases' tables appear here once measured)\n"
+
+
+def update() -> list[str]:
+    done = []
+    for name, text in (("device", _device()), ("grades", _grades()), ("kernel-tables", _tables())):
+        if common.replace_block(README, name, text):
+            done.append(f"README block {name}")
+    return done
