@@ -1,0 +1,86 @@
+"""S = q k^T * sm_scale, one BLOCK_M x BLOCK_N tile of S per program.
+
+A program owns a tile of query rows *and* a tile of key rows, so what it keeps on chip is
+(BLOCK_M + BLOCK_N) * D inputs and BLOCK_M * BLOCK_N scores, whatever N is. The lesson works out
+why tiling only one side does not fit in shared memory.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..phase0.checks import check_attention_inputs
+
+# S is written in float32 whatever the inputs are: it is the unnormalized logits that softmax
+# exponentiates, and rounding them to fp16/bf16 would cost more accuracy than SDPA loses.
+S_DTYPE = torch.float32
+
+
+def check_sm_scale(sm_scale, D):
+    if sm_scale is None:
+        return D ** -0.5
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
+    if not sm_scale > 0 or sm_scale == float("inf"):
+        raise ValueError(f"sm_scale must be a positive finite number, got {sm_scale!r}")
+    return float(sm_scale)
+
+
+def dot_precision(dtype):
+    """float32 inputs get exact products ("ieee"); on a GPU tl.dot would otherwise round them to
+    TF32 (10-bit mantissa). fp16/bf16 run on tensor cores whatever this says."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def tile_sizes(Nq, Nk):
+    """Square-ish tiles of 64 (tensor cores want >= 16 on every side of a tl.dot)."""
+    return 64, 64
+
+
+@triton.jit
+def scores_kernel(q_ptr, k_ptr, s_ptr, sm_scale,
+                  stride_qb, stride_qh, stride_qm, stride_qd,
+                  stride_kb, stride_kh, stride_kn, stride_kd,
+                  stride_sb, stride_sh, stride_sm, stride_sn,
+                  H, N_Q, N_K,
+                  D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    start_m = tl.program_id(0)
+    start_n = tl.program_id(1)
+    # int64: batch and head offsets into a large tensor overflow int32.
+    off_bh = tl.program_id(2).to(tl.int64)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    q_ptr += off_b * stride_qb + off_h * stride_qh
+    k_ptr += off_b * stride_kb + off_h * stride_kh
+    s_ptr += off_b * stride_sb + off_h * stride_sh
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    # TODO(phase 1): load the (BLOCK_M, D) tile of q and the (D, BLOCK_N) tile of k^T (rows past N_Q / N_K masked to 0), s = tl.dot(q, kT, input_precision=PRECISION) * sm_scale, store it in s_ptr's dtype with the same masks
+    ### BEGIN SOLUTION
+    q = tl.load(q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=offs_m[:, None] < N_Q, other=0.0)
+    # k^T is read by swapping the roles of the two strides: no transposed copy in memory.
+    kT = tl.load(k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn,
+                 mask=offs_n[None, :] < N_K, other=0.0)
+    s = tl.dot(q, kT, input_precision=PRECISION) * sm_scale  # accumulates in float32 whatever q's dtype
+    mask = (offs_m[:, None] < N_Q) & (offs_n[None, :] < N_K)
+    tl.store(s_ptr + offs_m[:, None] * stride_sm + offs_n[None, :] * stride_sn,
+             s.to(s_ptr.dtype.element_ty), mask=mask)
+    ### END SOLUTION
+
+
+def tiled_scores(q, k, sm_scale=None):
+    """S = q k^T * sm_scale for q (B, H, Nq, D) and k (B, H, Nk, D), any strides.
+
+    Returns a float32 tensor (B, H, Nq, Nk), whatever the input dtype (see S_DTYPE).
+    """
+    check_attention_inputs(q, k, k)
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    sm_scale = check_sm_scale(sm_scale, D)
+    s = torch.empty((B, H, Nq, Nk), dtype=S_DTYPE, device=q.device)
+    BLOCK_M, BLOCK_N = tile_sizes(Nq, Nk)
+    grid = (triton.cdiv(Nq, BLOCK_M), triton.cdiv(Nk, BLOCK_N), B * H)
+    scores_kernel[grid](q, k, s, sm_scale, *q.stride(), *k.stride(), *s.stride(), H, Nq, Nk,
+                        D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, PRECISION=dot_precision(q.dtype), num_warps=4)
+    return s

@@ -1,0 +1,108 @@
+"""The first fused attention kernel: a block of queries stays on chip while K and V stream past.
+
+For each (BLOCK_N, D) tile of K and V the program computes its (BLOCK_M, BLOCK_N) tile of scores,
+folds it into the running statistics m_i, l_i with the online-softmax rescaling, and accumulates
+P v into acc. S and P live only in registers: HBM sees q, k, v read and o written, nothing else.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..phase0.checks import check_attention_inputs
+
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): exp2 is the hardware instruction
+
+
+def check_sm_scale(sm_scale, D):
+    if sm_scale is None:
+        return D ** -0.5
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
+    if not sm_scale > 0 or sm_scale == float("inf"):
+        raise ValueError(f"sm_scale must be a positive finite number, got {sm_scale!r}")
+    return float(sm_scale)
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim, chosen by the sweep in
+# grader/lessons/phase2.py (`tune()`, results in assets/phase2/tuning.json).
+CONFIGS = {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 64, 8, 3)}
+
+
+@triton.jit
+def flash_v1_kernel(q_ptr, k_ptr, v_ptr, o_ptr, qk_scale,
+                    stride_qb, stride_qh, stride_qm, stride_qd,
+                    stride_kb, stride_kh, stride_kn, stride_kd,
+                    stride_vb, stride_vh, stride_vn, stride_vd,
+                    stride_ob, stride_oh, stride_om, stride_od,
+                    H, N_Q, N_K,
+                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    start_m = tl.program_id(0)
+    off_bh = tl.program_id(1).to(tl.int64)  # int64: head offsets overflow int32 on large tensors
+    off_b = off_bh // H
+    off_h = off_bh % H
+    q_ptr += off_b * stride_qb + off_h * stride_qh
+    k_ptr += off_b * stride_kb + off_h * stride_kh
+    v_ptr += off_b * stride_vb + off_h * stride_vh
+    o_ptr += off_b * stride_ob + off_h * stride_oh
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    # The query block is loaded once and reused against every key tile (rows past N_Q read 0:
+    # their scores are 0, finite, and their output is never stored).
+    q = tl.load(q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=offs_m[:, None] < N_Q, other=0.0)
+    kT_ptrs = k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn
+    v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    # TODO(phase 2): initialise m_i (-inf), l_i (0) per query row and acc (BLOCK_M, D), all float32; then loop over key tiles: qk = tl.dot(q, kT, input_precision=PRECISION) * qk_scale (in log2 units), mask keys >= N_K with -inf unless EVEN_N, m_ij = max(m_i, rowmax(qk)), p = exp2(qk - m_ij), alpha = exp2(m_i - m_ij), l_i = l_i * alpha + rowsum(p), acc = acc * alpha + tl.dot(p in v's dtype, v, acc, input_precision=PRECISION), m_i = m_ij
+    ### BEGIN SOLUTION
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    for start_n in range(0, N_K, BLOCK_N):
+        if EVEN_N:  # no tail: no masks in the hot loop
+            kT = tl.load(kT_ptrs + start_n * stride_kn)
+            v = tl.load(v_ptrs + start_n * stride_vn)
+        else:
+            kT = tl.load(kT_ptrs + start_n * stride_kn, mask=start_n + offs_n[None, :] < N_K, other=0.0)
+            v = tl.load(v_ptrs + start_n * stride_vn, mask=start_n + offs_n[:, None] < N_K, other=0.0)
+        # qk_scale = sm_scale * log2(e): the scores come out in log2 units, ready for exp2.
+        qk = tl.dot(q, kT, input_precision=PRECISION) * qk_scale
+        if not EVEN_N:
+            qk = tl.where(start_n + offs_n[None, :] < N_K, qk, -float("inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, axis=1))
+        p = tl.math.exp2(qk - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)  # rescales what was summed under the old max
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+        m_i = m_ij
+    ### END SOLUTION
+    # TODO(phase 2): normalise once at the end (acc / l_i) and store o in o's dtype, rows past N_Q masked
+    ### BEGIN SOLUTION
+    acc = acc / l_i[:, None]
+    tl.store(o_ptr + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+             acc.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < N_Q)
+    ### END SOLUTION
+
+
+def launch(q, k, v, sm_scale, BLOCK_M, BLOCK_N, num_warps, num_stages):
+    """Run the kernel with an explicit configuration (the tuning sweep calls this)."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    o = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
+    grid = (triton.cdiv(Nq, BLOCK_M), B * H)
+    flash_v1_kernel[grid](q, k, v, o, sm_scale * LOG2E,
+                          *q.stride(), *k.stride(), *v.stride(), *o.stride(), H, Nq, Nk,
+                          D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, EVEN_N=Nk % BLOCK_N == 0,
+                          PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                          num_warps=num_warps, num_stages=num_stages)
+    return o
+
+
+def flash_attention_v1(q, k, v, sm_scale=None):
+    """softmax(q k^T * sm_scale) v, non-causal, in one fused kernel; o in q's dtype."""
+    check_attention_inputs(q, k, v)
+    D = q.shape[-1]
+    sm_scale = check_sm_scale(sm_scale, D)
+    return launch(q, k, v, sm_scale, *CONFIGS[D])

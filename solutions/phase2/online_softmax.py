@@ -1,0 +1,65 @@
+"""Row-wise softmax whose statistics (max m and sum l) come from ONE sweep over the row.
+
+Phase 0's wide-row softmax read each row three times: max, then sum, then output. The online
+recurrence folds the first two together, rescaling the sum whenever the max grows:
+
+    m_new = max(m, max(x_block))
+    l     = l * exp(m - m_new) + sum(exp(x_block - m_new))
+
+Exactly the same m and l come out, and nothing is exponentiated above 0, so it never overflows.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..phase0.checks import check_float_tensor, check_triton_device
+
+# Chunk of a row loaded at a time: 4096 float32 values over 8 warps is 16 per thread.
+MAX_BLOCK = 4096
+
+
+@triton.jit
+def online_softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * x_row_stride
+    y_row = y_ptr + row * y_row_stride
+    cols = tl.arange(0, BLOCK)
+    # TODO(phase 2): one sweep over the row in chunks of BLOCK: keep the running max m and sum l (scalars in float32); for each chunk m_new = max(m, max(x)), l = l * exp(m - m_new) + sum(exp(x - m_new)), m = m_new
+    ### BEGIN SOLUTION
+    m = tl.full([], -float("inf"), tl.float32)
+    l = tl.full([], 0.0, tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        # Every chunk holds at least one real value, so m_new is finite and exp(m - m_new) is
+        # exp(-inf) = 0 on the first chunk: no special case for the start.
+        x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        l = l * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+        m = m_new
+    ### END SOLUTION
+    # TODO(phase 2): a second sweep writes y = exp(x - m) / l in y's dtype (the only other read of x)
+    ### BEGIN SOLUTION
+    for start in range(0, n_cols, BLOCK):
+        x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf")).to(tl.float32)
+        y = tl.exp(x - m) / l
+        tl.store(y_row + start + cols, y.to(y_ptr.dtype.element_ty), mask=start + cols < n_cols)
+    ### END SOLUTION
+
+
+def online_softmax(x):
+    """softmax over the last dimension of `x` (any shape, any width, float16/bfloat16/float32)."""
+    check_float_tensor(x, "x")
+    check_triton_device(x, "x")
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (softmax runs over the last one)")
+    n_cols = x.shape[-1]
+    rows = x.reshape(-1, n_cols)
+    if rows.numel() and rows.stride(-1) != 1:
+        rows = rows.contiguous()  # the kernel walks a row with unit stride
+    y = torch.empty_like(rows)
+    if rows.numel() == 0:
+        return y.reshape(x.shape)
+    block = min(triton.next_power_of_2(n_cols), MAX_BLOCK)
+    num_warps = 4 if block <= 1024 else 8
+    online_softmax_kernel[(rows.shape[0],)](rows, y, n_cols, rows.stride(0), y.stride(0),
+                                            BLOCK=block, num_warps=num_warps)
+    return y.reshape(x.shape)
