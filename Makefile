@@ -8,6 +8,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch
 IMPL ?= exercises
 PHASES := $(sort $(patsubst solutions/phase%,%,$(wildcard solutions/phase[0-9]*)))
+ifeq ($(PHASES),)  # a student copy (make release) has no solutions/
+PHASES := $(sort $(patsubst exercises/phase%,%,$(wildcard exercises/phase[0-9]*)))
+endif
 
 ifeq ($(shell python3 -c 'import torch, triton, pytest, numpy' >/dev/null 2>&1 && echo yes),yes)
 PY := python3
@@ -17,16 +20,18 @@ PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 endif
 
-ifneq ($(filter grade grade-gpu,$(MAKECMDGOALS)),)
+ifneq ($(filter grade grade-gpu grade-all,$(MAKECMDGOALS)),)
 ifeq ($(filter $(PHASE),$(PHASES)),)
 $(error PHASE must be one of: $(PHASES) -- e.g. make grade PHASE=0 [IMPL=exercises|solutions])
 endif
 ifeq ($(filter $(IMPL),exercises solutions),)
-$(error IMPL must be exercises or solutions, not '$(IMPL)')
+ifeq ($(wildcard $(IMPL)/phase$(PHASE)/.),)
+$(error IMPL must be exercises, solutions or a submission folder holding phase$(PHASE)/, not '$(IMPL)')
+endif
 endif
 endif
 
-.PHONY: help grade check-solutions test exercises measure figures lint clean
+.PHONY: help grade check-solutions test exercises measure figures lint clean release nbgrader grade-all
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -53,6 +58,18 @@ figures: $(SETUP) ## redraw the plots and tables of lessons and README from the 
 
 lint: $(SETUP) ## ruff over the course's code
 	$(PY) -m ruff check grader solutions
+
+release: ## write the student copy (no solutions/, hidden tests stripped) to build/release/ and build/release.tar.gz
+	python3 -m grader.release
+
+nbgrader: $(SETUP) ## write an nbgrader course, one assignment per phase, to build/nbgrader/ [NBGRADER_DIR=dir]
+	@$(PY) -c 'import nbgrader' 2>/dev/null || $(PY) -m pip install -q -e ".[nbgrader]"
+	$(PY) -m grader.nbgrade $(if $(NBGRADER_DIR),--out $(NBGRADER_DIR),)
+
+grade-all: $(SETUP) ## grade every submission: SUBMISSIONS=DIR PHASE=N [TIMEOUT=s JOBS=j] -> gradebook CSV
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade-all SUBMISSIONS=DIR PHASE=N (one folder per submission, shaped like exercises/)"; exit 2; }
+	@$(PY) -m grader.grade_all --submissions "$(SUBMISSIONS)" --phase $(PHASE) \
+		$(if $(TIMEOUT),--timeout $(TIMEOUT),) $(if $(JOBS),--jobs $(JOBS),) $(if $(OUT),--out $(OUT),)
 
 clean: ## remove reports and caches (keeps .venv)
 	rm -rf reports .pytest_cache && find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,27 +1,103 @@
-"""Which tree is graded: the student's `exercises` (default) or the reference `solutions`."""
+"""Which tree is graded: the student's `exercises` (default), the reference `solutions`, or a
+submission directory shaped like `exercises/` (an instructor grading many students' copies).
+
+A submission directory is made importable as a package of its own, `fa_submission_<hash>`, through
+a symbolic link in a private folder that is put on `sys.path` and on `PYTHONPATH` (so that the
+compile tier's child process imports the same code). Its phases import each other relatively
+(`from ..phase0.checks import ...`), exactly as in `exercises/`. While a submission is graded,
+importing `solutions` is refused, so that a submission cannot hand in the reference's kernels.
+"""
+import hashlib
 import importlib
+import importlib.abc
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TREES = ("exercises", "solutions")
+SUBMISSION_PREFIX = "fa_submission_"
 
 
 def phases() -> list[int]:
-    """Phases that exist: a `solutions/phaseN` package with a grader beside it."""
-    found = []
-    for path in sorted((ROOT / "solutions").glob("phase*")):
-        n = path.name[len("phase"):]
-        if n.isdigit() and (ROOT / "grader" / "phases" / f"test_phase{n}.py").exists():
-            found.append(int(n))
-    return sorted(found)
+    """Phases that exist: a grader `grader/phases/test_phaseN.py` and its `solutions/phaseN` package.
+
+    A student copy made by `make release` has no solutions/: there `exercises/phaseN` counts; a copy
+    that has neither (the support folder of an nbgrader assignment) counts the graders alone.
+    """
+    graders = set()
+    for path in (ROOT / "grader" / "phases").glob("test_phase*.py"):
+        n = path.stem[len("test_phase"):]
+        if n.isdigit():
+            graders.add(int(n))
+    for tree_dir in (ROOT / "solutions", ROOT / "exercises"):
+        if tree_dir.is_dir():
+            return sorted(n for n in graders if (tree_dir / f"phase{n}").is_dir())
+    return sorted(graders)
+
+
+def _links_dir() -> Path:
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"fa-grader-submissions-{uid}"
+
+
+def _mount(directory: Path) -> str:
+    """Make `directory` importable as a package; returns the package's name."""
+    directory = directory.resolve()
+    name = SUBMISSION_PREFIX + hashlib.sha256(str(directory).encode()).hexdigest()[:12]
+    links = _links_dir()
+    links.mkdir(parents=True, exist_ok=True)
+    link = links / name
+    if not (link.is_symlink() and Path(os.readlink(link)) == directory):
+        tmp = links / f".{name}.{os.getpid()}"
+        if tmp.is_symlink():
+            tmp.unlink()
+        tmp.symlink_to(directory, target_is_directory=True)
+        os.replace(tmp, link)  # atomic: a parallel grader never sees a missing link
+    if str(links) not in sys.path:
+        sys.path.insert(0, str(links))
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if str(links) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(links), *[p for p in paths if p]])
+    return name
+
+
+class _RefuseSolutions(importlib.abc.MetaPathFinder):
+    """Installed while a submission is graded: the reference solutions cannot be imported."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "solutions" or fullname.startswith("solutions."):
+            raise ImportError(f"a submission may not import {fullname!r} (the reference solutions)")
+        return None
+
+
+def _refuse_solutions() -> None:
+    if not any(isinstance(f, _RefuseSolutions) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RefuseSolutions())
 
 
 def tree() -> str:
+    """The importable name of the graded tree: exercises, solutions or a submission's package."""
     name = os.environ.get("FA_IMPL", "exercises")
-    if name not in TREES:
-        raise ValueError(f"FA_IMPL must be one of {', '.join(TREES)}, not {name!r}")
-    return name
+    if name in TREES:
+        return name
+    if name.startswith(SUBMISSION_PREFIX) and (_links_dir() / name).is_dir():  # a child process
+        _refuse_solutions()
+        links = str(_links_dir())
+        if links not in sys.path:
+            sys.path.insert(0, links)
+        return name
+    if Path(name).is_dir():
+        _refuse_solutions()
+        return _mount(Path(name))
+    raise ValueError(f"FA_IMPL must be exercises, solutions or a submission directory, not {name!r}")
+
+
+def label() -> str:
+    """What the report calls the graded tree: its name, or the submission directory's path."""
+    name = os.environ.get("FA_IMPL", "exercises")
+    return name if name in TREES or not Path(name).is_dir() else str(Path(name).resolve())
 
 
 def load(phase: int):
@@ -32,3 +108,8 @@ def load(phase: int):
 def load_module(phase: int, module: str):
     """Import one module of a phase (graders reach kernels there for the compile tier)."""
     return importlib.import_module(f"{tree()}.phase{phase}.{module}")
+
+
+# A child process (the compile tier) grading a submission refuses the solutions from its start.
+if os.environ.get("FA_IMPL", "exercises") not in TREES:
+    _refuse_solutions()

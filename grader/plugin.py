@@ -122,7 +122,7 @@ class GradingSession:
         ran = [r for r in rows if r["outcome"] != "skipped"]
         return {
             "phase": self.config.getoption("phase"),
-            "impl": impl.tree(),
+            "impl": impl.label(),
             "seed": seed if kind == "public" else "secret",
             "tiers": {name: ("available" if reason is None else f"not run: {reason}")
                       for name, reason in self.available.items()},
