@@ -2,4 +2,4 @@
 from .attention import tiled_attention
 from .scores import tiled_scores
 
-__all__ = ["tiled_scores", "tiled_attention"]
+__all__ = ["tiled_attention", "tiled_scores"]

@@ -2,4 +2,4 @@
 from .flash import flash_attention_v1
 from .online_softmax import online_softmax
 
-__all__ = ["online_softmax", "flash_attention_v1"]
+__all__ = ["flash_attention_v1", "online_softmax"]

@@ -79,25 +79,36 @@ def pv_kernel(p_ptr, v_ptr, o_ptr,
     ### END SOLUTION
 
 
-def tiled_attention(q, k, v, sm_scale=None):
-    """softmax(q k^T * sm_scale) v in three tiled kernels; S (float32) and P go through HBM.
-
-    P is stored in v's dtype, so that the P v tile product runs on tensor cores in fp16/bf16
-    (as FlashAttention does); o comes back in q's dtype.
-    """
-    check_attention_inputs(q, k, v)
-    B, H, Nq, D = q.shape
-    Nk = k.shape[2]
-    sm_scale = check_sm_scale(sm_scale, D)
-    s = tiled_scores(q, k, sm_scale)                          # pass 1: S to HBM
-    p = torch.empty((B, H, Nq, Nk), dtype=v.dtype, device=q.device)
-    BLOCK_M, BLOCK_N = 16, 256                                # pass 2: S from HBM, three sweeps, P to HBM
-    n_rows = B * H * Nq
-    softmax_tiles_kernel[(triton.cdiv(n_rows, BLOCK_M),)](s, p, n_rows, Nk, Nk, Nk,
+def softmax_tiles(s, dtype):
+    """P = softmax(S) over the last dimension of a contiguous float32 S, stored in `dtype`."""
+    p = torch.empty(s.shape, dtype=dtype, device=s.device)
+    n_rows, n_k = s.numel() // s.shape[-1], s.shape[-1]
+    BLOCK_M, BLOCK_N = 16, 256
+    softmax_tiles_kernel[(triton.cdiv(n_rows, BLOCK_M),)](s, p, n_rows, n_k, n_k, n_k,
                                                           BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=4)
-    o = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
-    BLOCK_M, BLOCK_N = 64, 64                                 # pass 3: P from HBM, o = P v
+    return p
+
+
+def tiled_pv(p, v):
+    """o = P v for P (B, H, Nq, Nk) and v (B, H, Nk, D); o in v's dtype."""
+    B, H, Nq, Nk = p.shape
+    D = v.shape[-1]
+    o = torch.empty((B, H, Nq, D), dtype=v.dtype, device=v.device)
+    BLOCK_M, BLOCK_N = 64, 64
     pv_kernel[(triton.cdiv(Nq, BLOCK_M), B * H)](p, v, o, *p.stride(), *v.stride(), *o.stride(), H, Nq, Nk,
                                                  D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
                                                  PRECISION=dot_precision(v.dtype), num_warps=4)
     return o
+
+
+def tiled_attention(q, k, v, sm_scale=None):
+    """softmax(q k^T * sm_scale) v in three tiled kernels; S (float32) and P go through HBM.
+
+    P is stored in v's dtype, so that the P v tile product runs on tensor cores in fp16/bf16
+    (as FlashAttention does); o comes back in q's dtype (q, k and v share one dtype).
+    """
+    check_attention_inputs(q, k, v)
+    sm_scale = check_sm_scale(sm_scale, q.shape[-1])
+    s = tiled_scores(q, k, sm_scale)   # pass 1: q, k in; S (float32) out to HBM
+    p = softmax_tiles(s, v.dtype)      # pass 2: S back in (three sweeps), P out to HBM
+    return tiled_pv(p, v)              # pass 3: P and v in, o out
