@@ -238,8 +238,8 @@ def test_training_matches_sdpa(api, gen, device):
 # ---------------------------------------------------------------- compile tier
 def _kernel_specs():
     cfg = impl.load_module(PHASE, "backward")
-    ptr = lambda t: f"*{t}"  # noqa: E731
-    stride3 = lambda p: [f"stride_{p}{s}" for s in "bhn"]  # noqa: E731
+    ptr = lambda t: f"*{t}"
+    stride3 = lambda p: [f"stride_{p}{s}" for s in "bhn"]
     specs = []
     # Causal covers every code path (the non-causal sweep is the causal one without its diagonal).
     # D=16 and 32 use smaller tiles than these and run in the GPU tier.
@@ -300,22 +300,23 @@ def _peak_extra_bytes(fn) -> int:
     return torch.cuda.max_memory_allocated() - before
 
 
+def _fwd_bwd_extra_bytes(api, gen, B, H, N, D):
+    q, k, v = (t.requires_grad_() for t in qkv(B, H, N, N, D, torch.bfloat16, "cuda", gen))
+    do = randn((B, H, N, D), torch.bfloat16, "cuda", gen)
+
+    def step():
+        o = api.flash_attention(q, k, v, causal=True)
+        torch.autograd.grad(o, (q, k, v), do)
+    step()  # warm-up: compile outside the measurement
+    return _peak_extra_bytes(step)
+
+
 @pytest.mark.points(2)
 @pytest.mark.tier("gpu")
 def test_memory_grows_linearly(api, gen):
     """Forward + backward at N and 4N: linear memory grows x4, a stored P would grow x16."""
     B, H, D = 1, 8, 64
-    extra = {}
-    for n in (4096, 16384):
-        q, k, v = (t.requires_grad_() for t in qkv(B, H, n, n, D, torch.bfloat16, "cuda", gen))
-        do = randn((B, H, n, D), torch.bfloat16, "cuda", gen)
-
-        def step():
-            o = api.flash_attention(q, k, v, causal=True)
-            torch.autograd.grad(o, (q, k, v), do)
-        step()  # warm-up: compile outside the measurement
-        extra[n] = _peak_extra_bytes(step)
-        del q, k, v, do
+    extra = {n: _fwd_bwd_extra_bytes(api, gen, B, H, n, D) for n in (4096, 16384)}
     ratio = extra[16384] / max(extra[4096], 1)
     p_bytes = cost.score_matrix_bytes(B, H, 16384, 16384, dtype_bytes=2)
     if ratio > 6 or extra[16384] > p_bytes / 4:

@@ -2,4 +2,4 @@
 from .attention import FlashAttentionFunction, flash_attention
 from .backward import flash_attention_backward
 
-__all__ = ["flash_attention_backward", "flash_attention", "FlashAttentionFunction"]
+__all__ = ["FlashAttentionFunction", "flash_attention", "flash_attention_backward"]

@@ -261,11 +261,12 @@ def _check_backward_inputs(do, q, k, v, o, lse):
         raise ValueError(f"lse is on {lse.device}, q on {q.device}")
 
 
-def flash_attention_backward(do, q, k, v, o, lse, causal=False, sm_scale=None):
+def flash_attention_backward(do, q, k, v, o, lse, causal=False, sm_scale=None, config=None):
     """(dq, dk, dv) of o = softmax(q k^T * sm_scale) v, from dO, the inputs, o and lse.
 
     `lse` is the natural-log logsumexp of the scaled scores, (B, H, Nq) float32, as
     `flash_attention_forward` returns it. Nothing of size Nq x Nk is ever allocated.
+    `config` overrides `backward_config` (the lesson's tuning sweep uses it).
     """
     _check_backward_inputs(do, q, k, v, o, lse)
     B, H, N_Q, D = q.shape
@@ -273,7 +274,7 @@ def flash_attention_backward(do, q, k, v, o, lse, causal=False, sm_scale=None):
     sm_scale = D ** -0.5 if sm_scale is None else float(sm_scale)
     q, k, v, o, do = (_unit_last_stride(x) for x in (q, k, v, o, do))
     lse = lse.to(torch.float32)
-    (m1, n1, mask_m1, warps1, stages1), (m2, n2, mask_n2, warps2, stages2) = backward_config(D, q.dtype, q.device)
+    (m1, n1, mask_m1, warps1, stages1), (m2, n2, mask_n2, warps2, stages2) = config or backward_config(D, q.dtype, q.device)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 stays exact-ish; ignored for fp16/bf16
 
     lse2 = torch.empty((B, H, N_Q), device=q.device, dtype=torch.float32)
