@@ -1,0 +1,198 @@
+"""The complete FlashAttention forward: K/V streamed through on-chip memory, causal block
+skipping, any lengths and strides, and the logsumexp that the backward pass and split-KV merges need.
+
+One program owns BLOCK_M query rows of one (batch, head). It walks the key blocks in two loops:
+the blocks every row of the program sees in full (no mask at all), then the few blocks that need
+one (the causal diagonal, and a last block that runs past Nk). Key blocks that no row of the
+program may see are never visited: that is where causal attention saves half the work.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..phase0.checks import check_attention_inputs
+
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                    start_n, end_n, offs_m, offs_n, N_K, qk_scale,
+                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """Stream key blocks [start_n, end_n) through the online softmax of (acc, l_i, m_i).
+
+    m_i is the running row maximum of the scores in log2 units (scores * sm_scale * log2(e)),
+    l_i the running sum of exp2(score - m_i), acc the running sum of exp2(score - m_i) * v.
+    MASKED=False is the hot loop: no bounds checks, no mask, every key valid for every row.
+    """
+    k_ptrs += start_n * stride_kn
+    v_ptrs += start_n * stride_vn
+    for start in range(start_n, end_n, BLOCK_N):
+        # TODO(phase 3): one key block: load k (when MASKED, rows past N_K as 0), s = q k^T; when MASKED set scores of keys >= N_K (and, if CAUSAL, keys after the query row) to -inf; new max m_ij in log2 units (qk_scale = sm_scale*log2 e), p = exp2(s*qk_scale - m_ij), alpha = exp2(m_i - m_ij) rescales l_i and acc, then acc += p v (p cast to v's dtype) and m_i = m_ij
+        ### BEGIN SOLUTION
+        cols = start + offs_n
+        if MASKED:
+            k = tl.load(k_ptrs, mask=cols[:, None] < N_K, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        if MASKED:
+            visible = cols[None, :] < N_K
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= offs_m[:, None])  # top-left: row i sees keys 0..i
+            # -inf, not a large negative number: exp2(-inf) is exactly 0. Every row has seen key 0
+            # by now (it sits in the first block visited), so m_ij is finite and no -inf - -inf occurs.
+            qk = tl.where(visible, qk * qk_scale, float("-inf"))
+            m_ij = tl.maximum(m_i, tl.max(qk, 1))
+            qk = qk - m_ij[:, None]
+        else:
+            m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            qk = qk * qk_scale - m_ij[:, None]  # one fused multiply-add per score
+        p = tl.math.exp2(qk)
+        alpha = tl.math.exp2(m_i - m_ij)  # how much the old running sums shrink under the new max
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if MASKED:
+            v = tl.load(v_ptrs, mask=cols[:, None] < N_K, other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        # p in v's precision, as every FlashAttention does: the tensor cores take 16-bit operands.
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_ij
+        ### END SOLUTION
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, O, LSE, sm_scale,
+              stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+              H, N_Q, N_K, N_M_BLOCKS,
+              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # A 1-D grid (a 2-D one caps batch*heads at 65535). Neighbouring programs share a head, so
+    # they read the same K and V while it sits in L2. Within a head the query blocks go last
+    # first: under a causal mask they are the longest, and starting them early shortens the tail.
+    pid = tl.program_id(0)
+    start_m = N_M_BLOCKS - 1 - pid % N_M_BLOCKS
+    off_bh = pid // N_M_BLOCKS
+    off_b = off_bh // H
+    off_h = off_bh % H
+    # int64: batch * stride overflows int32 once a tensor holds more than 2**31 elements.
+    q_base = Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
+    k_base = K + off_b.to(tl.int64) * stride_kb + off_h.to(tl.int64) * stride_kh
+    v_base = V + off_b.to(tl.int64) * stride_vb + off_h.to(tl.int64) * stride_vh
+    o_base = O + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
+
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m[:, None] < N_Q
+    # q stays in registers for the whole sweep; rows past N_Q are zeros whose results are dropped.
+    q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok, other=0.0)
+    k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634  # log2(e): scores in log2 units, so exp2 does exp
+
+    # TODO(phase 3): the key range of this query block: end (non-causal: N_K; causal: keys up to the block's last row, capped at N_K) and full, the end of the whole BLOCK_N blocks that need no mask (causal: up to the block's first row; both: a multiple of BLOCK_N not past end)
+    ### BEGIN SOLUTION
+    if CAUSAL:
+        # Keys past the last query row of this block are invisible to all its rows: never visited.
+        end = tl.minimum((start_m + 1) * BLOCK_M, N_K)
+        # Keys before the first row are visible to all of them: no mask (BLOCK_M % BLOCK_N == 0).
+        full = tl.minimum(start_m * BLOCK_M, end) // BLOCK_N * BLOCK_N
+    else:
+        end = N_K
+        full = N_K // BLOCK_N * BLOCK_N
+    ### END SOLUTION
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                    0, full, offs_m, offs_n, N_K, qk_scale,
+                                    BLOCK_N, False, CAUSAL, DOT_PRECISION)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                    full, end, offs_m, offs_n, N_K, qk_scale,
+                                    BLOCK_N, True, CAUSAL, DOT_PRECISION)
+
+    # TODO(phase 3): finish: o = acc / l_i, stored in O's dtype (rows < N_Q only); lse = the natural log of the row's sum of exp(scores * sm_scale), from m_i and l_i (both in log2 units), stored as float32
+    ### BEGIN SOLUTION
+    o = acc / l_i[:, None]
+    tl.store(o_base + offs_m[:, None] * stride_on + offs_d[None, :], o.to(O.dtype.element_ty), mask=row_ok)
+    # log(sum exp(s * sm_scale)) = ln 2 * log2(sum 2^(s * qk_scale)) = ln 2 * (m_i + log2(l_i))
+    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
+    tl.store(LSE + off_bh.to(tl.int64) * N_Q + offs_m, lse, mask=offs_m < N_Q)
+    ### END SOLUTION
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) for 16-bit inputs on sm_90, keyed by (head dim, causal,
+# long = Nk >= 8192). Chosen by `phase3.tune()` in grader/lessons (table in the lesson): the same
+# kernel runs up to 3.6x slower under a poor configuration.
+HOPPER_CONFIGS = {
+    (D, causal, long): (128, 64, 8, 3) for D in (16, 32, 64, 128) for causal in (False, True) for long in (False, True)
+}
+HOPPER_CONFIGS[(64, True, True)] = (128, 64, 4, 3)
+
+
+def _config(q, k, causal):
+    """Block sizes and launch options for these inputs: (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
+    D = q.shape[-1]
+    if q.device.type != "cuda":
+        # The interpreter runs programs one after another: small blocks keep it quick, and with
+        # BLOCK_M = 2 * BLOCK_N the causal diagonal spans two key blocks, as on a GPU.
+        return 32, 16, 4, 1
+    if q.dtype == torch.float32:
+        return 32, 32, 4, 2  # correctness only: exact fp32 dots run on CUDA cores, not tensor cores
+    if torch.cuda.get_device_capability(q.device)[0] >= 9:
+        return HOPPER_CONFIGS[(D, causal, k.shape[2] >= 8192)]
+    # Ampere and Ada have less shared memory per SM (up to 164 KB) than Hopper (227 KB).
+    return (128, 64, 4 if D <= 64 else 8, 2)
+
+
+def _check_options(causal, sm_scale, D):
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if sm_scale is None:
+        return D ** -0.5
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
+    if not math.isfinite(sm_scale) or sm_scale <= 0:
+        raise ValueError(f"sm_scale must be a positive finite float, got {sm_scale!r}")
+    return float(sm_scale)
+
+
+def flash_attention_forward(q, k, v, causal=False, sm_scale=None, config=None):
+    """softmax(q k^T * sm_scale) v and its logsumexp, with SDPA's semantics.
+
+    q: (B, H, Nq, D), k and v: (B, H, Nk, D), float16/bfloat16/float32, any strides.
+    Returns o (B, H, Nq, D) in q's dtype and lse (B, H, Nq) float32, the natural-log logsumexp
+    of each row of scaled scores. `causal` masks keys j > i (top-left aligned, as SDPA's
+    is_causal). `config` = (BLOCK_M, BLOCK_N, num_warps, num_stages) overrides the tuned choice.
+    """
+    check_attention_inputs(q, k, v)
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    sm_scale = _check_options(causal, sm_scale, D)
+    # Any strides for B, H and N; the kernel reads rows of D contiguous values (a rare view with a
+    # strided last dimension is copied once rather than loaded element by element).
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    o = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
+    block_m, block_n, num_warps, num_stages = config or _config(q, k, causal)
+    if block_m % block_n:
+        raise ValueError(f"config: BLOCK_M={block_m} must be a multiple of BLOCK_N={block_n}")
+    n_m_blocks = triton.cdiv(Nq, block_m)
+    grid = (n_m_blocks * B * H,)
+    _attn_fwd[grid](
+        q, k, v, o, lse, sm_scale,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        H, Nq, Nk, n_m_blocks,
+        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=num_warps, num_stages=num_stages)
+    return o, lse

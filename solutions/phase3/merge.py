@@ -1,0 +1,34 @@
+"""Merging two partial attentions through their logsumexps: what makes storing `lse` pay off.
+
+Attention over keys split into chunks A and B can be computed chunk by chunk (on different
+programs, GPUs or times) and combined exactly afterwards: each chunk's (o, lse) is all it takes.
+"""
+import torch
+
+
+def merge_partials(o_a, lse_a, o_b, lse_b):
+    """(o, lse) of attention over the keys of A and B together, from attention over each alone.
+
+    o_a, o_b: (..., N, D) outputs of each chunk; lse_a, lse_b: (..., N) their natural-log
+    logsumexps. Works in float32 and returns o in o_a's dtype and lse in float32.
+    """
+    for name, x in (("o_a", o_a), ("lse_a", lse_a), ("o_b", o_b), ("lse_b", lse_b)):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point torch.Tensor")
+    if o_a.shape != o_b.shape:
+        raise ValueError(f"o_a {tuple(o_a.shape)} and o_b {tuple(o_b.shape)} must have the same shape")
+    if lse_a.shape != o_a.shape[:-1] or lse_b.shape != o_b.shape[:-1]:
+        raise ValueError(f"lse_a {tuple(lse_a.shape)} and lse_b {tuple(lse_b.shape)} must be o's shape "
+                         f"{tuple(o_a.shape[:-1])} without its last dimension")
+    # TODO(phase 3): lse = log(exp(lse_a) + exp(lse_b)) in float32, computed stably (subtract the larger lse first; a chunk a row cannot see has lse = -inf and must weigh 0, not NaN); o = exp(lse_a - lse) * o_a + exp(lse_b - lse) * o_b
+    ### BEGIN SOLUTION
+    lse_a, lse_b = lse_a.float(), lse_b.float()
+    m = torch.maximum(lse_a, lse_b)
+    # A chunk with no visible key has lse = -inf: it must weigh 0, not NaN (m is then the other lse).
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    lse = m + torch.log(torch.exp(lse_a - m) + torch.exp(lse_b - m))
+    w_a = torch.exp(lse_a - lse)[..., None]   # the share of chunk A's keys in the total softmax mass
+    w_b = torch.exp(lse_b - lse)[..., None]
+    o = w_a * o_a.float() + w_b * o_b.float()
+    ### END SOLUTION
+    return o.to(o_a.dtype), lse
