@@ -66,13 +66,22 @@ def collect_tests(phase: int) -> list[dict]:
         report = Path(tmp) / "collect.json"
         proc = subprocess.run([sys.executable, "-m", "grader", "grade", "--phase", str(phase), "--impl", "exercises",
                                "--report", str(report), "--collect-only"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+                              cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
         if not report.exists():
             raise RuntimeError(f"could not list the tests of phase {phase}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
         summary = json.loads(report.read_text())
     here = {name for name, state in summary["tiers"].items() if state == "available"}
     return [{"id": t["id"], "name": t["name"], "points": t["points"], "tier": t["tier"], "runs": t["tier"] in here}
             for t in summary["tests"]]
+
+
+def _crash(code: int) -> str:
+    if code < 0:
+        try:
+            return f"crashed ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f"crashed (exit {code})"
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -87,6 +96,7 @@ class Grader:
     def __init__(self, phase: int, folder: Path, out: Path, timeout: float, tests: list[dict]):
         self.phase, self.folder, self.out, self.timeout, self.tests = phase, folder, out, timeout, tests
         self.running: dict[str, subprocess.Popen] = {}
+        self.stopping = False  # set on Ctrl-C: what was killed then is not a grade
         self.lock = threading.Lock()
         (out / "reports").mkdir(parents=True, exist_ok=True)
         (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -105,8 +115,8 @@ class Grader:
         return (report.get("phase") == self.phase and report.get("digest") == digest(sub, self.phase)
                 and report.get("seed_kind") == seed_kind())
 
-    def grade(self, sub: Path) -> dict:
-        """Grade one submission in its own process; always returns a report (never raises)."""
+    def grade(self, sub: Path) -> dict | None:
+        """Grade one submission in its own process; returns its report (None when interrupted)."""
         started = time.time()
         log_path = self.out / "logs" / f"{sub.name}.log"
         tmp_report = self.out / "reports" / f".{sub.name}.partial.json"
@@ -126,7 +136,7 @@ class Grader:
                     self.running[sub.name] = proc
                 try:
                     code = proc.wait(timeout=self.timeout)
-                    status = "graded" if code in (0, 1) and tmp_report.exists() else f"crashed (exit {code})"
+                    status = "graded" if code in (0, 1) and tmp_report.exists() else _crash(code)
                 except subprocess.TimeoutExpired:
                     code, status = None, f"killed after the {self.timeout:g} s time limit"
                 finally:
@@ -134,6 +144,8 @@ class Grader:
                     proc.wait()
                     with self.lock:
                         self.running.pop(sub.name, None)
+            if self.stopping:
+                return None  # interrupted, not finished: no report, so a resumed run grades it
             if status != "graded":
                 log.write(f"\n[grade-all] {sub.name}: {status}\n")
         if status == "graded":
@@ -162,6 +174,7 @@ class Grader:
                           for t in self.tests]}
 
     def interrupt(self) -> None:
+        self.stopping = True
         with self.lock:
             for proc in list(self.running.values()):
                 _kill_group(proc)
@@ -233,17 +246,21 @@ def main(argv=None) -> int:
 
     def one(sub: Path):
         report = grader.grade(sub)
+        if report is None:
+            return
         with lock:
             counter["n"] += 1
             print(f"[{counter['n']}/{len(subs)}] {sub.name:<24} {report['score']:g}/{report['max_score_run']:g}"
                   f" points  {report['status']}  ({report['wall_seconds']:.0f} s)", flush=True)
             write_gradebook(out / "gradebook.csv", tests, _reports(grader, subs))
 
+    pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            for future in [pool.submit(one, s) for s in todo]:
-                future.result()
+        for future in [pool.submit(one, s) for s in todo]:
+            future.result()
+        pool.shutdown()
     except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)  # start nothing more
         grader.interrupt()
         print("\ninterrupted: run the same command again to grade the rest (what is done is kept)",
               file=sys.stderr, flush=True)

@@ -69,7 +69,6 @@ class _RefuseSolutions(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname == "solutions" or fullname.startswith("solutions."):
             raise ImportError(f"a submission may not import {fullname!r} (the reference solutions)")
-        return None
 
 
 def _refuse_solutions() -> None:
