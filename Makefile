@@ -36,7 +36,7 @@ endif
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-grade: $(SETUP) ## grade one phase: PHASE=N [IMPL=exercises|solutions]
+grade: $(SETUP) ## grade one phase: PHASE=N [IMPL=exercises|solutions|a submission folder]
 	@$(PY) -m grader grade --phase $(PHASE) --impl $(IMPL)
 
 check-solutions: $(SETUP) ## every phase both ways: solutions get full marks, untouched stubs zero
