@@ -11,6 +11,7 @@ process (the same `python -m grader grade` as `make grade`, with a time limit), 
 the cell's value is the points earned scaled to the cell's points, which nbgrader takes as partial
 credit. Nothing is written to stderr (nbgrader gives 0 points to a test cell that does).
 """
+import atexit
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ def setup(phase: int) -> None:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"fa-phase{phase}-notebook-"))
+    atexit.register(shutil.rmtree, workdir, True)  # the kernel's files go when the kernel does
     STATE.update(phase=phase, workdir=workdir, runs={})
     os.environ["FA_IMPL"] = str(workdir)  # grader.impl mounts it as a package of its own
     try:
