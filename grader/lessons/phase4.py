@@ -118,13 +118,17 @@ TUNE_DQ = {
 }
 
 
+# The Triton tutorial's backward configuration (06-fused-attention): the fixed other half of each sweep.
+TUTORIAL = ((32, 128, 16, 4, 5), (128, 32, 16, 4, 5))
+
+
 def _tune_shape(N, D, causal):
-    from solutions.phase4.backward import CONFIGS_SM90, flash_attention_backward
+    from solutions.phase4.backward import flash_attention_backward
 
     q, k, v, do, o, lse = _inputs(N, D, causal)
     flops = cost.attention_flops(*q.shape[:3], N, D, causal, "bwd")
     flash_ms = timing.median_ms(bench.sdpa_callables(q, k, v, causal, "flash")["bwd"])
-    base_dkdv, base_dq = CONFIGS_SM90[D]
+    base_dkdv, base_dq = TUTORIAL
     rows = []
     for side, options in (("dkdv", TUNE_DKDV[D]), ("dq", TUNE_DQ[D])):
         for option in options:
@@ -147,8 +151,9 @@ def _tune_shape(N, D, causal):
 
 
 def tune(N=4096):
-    """Time each dK/dV configuration with a fixed dQ one and vice versa (the kernels are independent,
-    so the difference in the total is the kernel's own time), at the standard shape, bf16."""
+    """Time each dK/dV configuration with the dQ kernel at the tutorial's configuration and vice
+    versa (the kernels are independent, so differences in the total are the varied kernel's own),
+    at the standard shape, bf16."""
     rows = []
     for D in (64, 128):
         for causal in (False, True):
@@ -249,6 +254,23 @@ def backward_table(data) -> str:
     return common.markdown_table(header, rows)
 
 
+def backward_summary(data) -> str:
+    def span(mode, name):
+        values = [r[f"ratio_vs_{name}"] for r in data["rows"] if r["mode"] == mode and f"ratio_vs_{name}" in r]
+        return f"{min(values):.2f}x to {max(values):.2f}x" if values else "not measured"
+    return (f"Backward: {span('bwd', 'flash')} of SDPA flash's throughput, {span('bwd', 'cudnn')} of cuDNN's. "
+            f"Forward + backward: {span('fwd_bwd', 'flash')} of flash, {span('fwd_bwd', 'cudnn')} of cuDNN.\n")
+
+
+def atomic_summary(data) -> str:
+    ratios = [r["atomic_ms"] / r["two_kernels_ms"] for r in data["rows"]]
+    slower = sum(x > 1.0 for x in ratios)
+    per_d = {D: [r["atomic_ms"] / r["two_kernels_ms"] for r in data["rows"] if r["D"] == D] for D in (64, 128)}
+    parts = ", ".join(f"{min(v):.2f}x to {max(v):.2f}x at D={D}" for D, v in per_d.items() if v)
+    return (f"The atomic version took longer than the two kernels in {slower} of {len(ratios)} shapes "
+            f"(its time over theirs: {parts}).\n")
+
+
 def atomic_table(data) -> str:
     rows = [[r["D"], r["N"], "yes" if r["causal"] else "no", f"{r['two_kernels_ms']:.2f} ms ({r['two_kernels_tflops']:.0f})",
              f"{r['atomic_ms']:.2f} ms ({r['atomic_tflops']:.0f})", f"{r['atomic_ms'] / r['two_kernels_ms']:.2f}",
@@ -258,13 +280,18 @@ def atomic_table(data) -> str:
 
 
 def tuning_table(data) -> str:
+    from solutions.phase4.backward import CONFIGS_SM90
+
     rows = []
     for r in data["rows"]:
+        used = CONFIGS_SM90[(r["D"], r["causal"])][0 if r["kernel"] == "dkdv" else 1]
         cfg = r["config"]
         what = (f"BLOCK_M={cfg[0]}, BLOCK_N={cfg[1]}, diagonal {cfg[2]}, {cfg[3]} warps, {cfg[4]} stages")
         result = f"{r['ms']:.3f} ms, {r['ratio_vs_flash']:.2f}x" if "ms" in r else f"fails: {r['error'][:60]}"
-        rows.append([r["D"], "yes" if r["causal"] else "no", "dK/dV" if r["kernel"] == "dkdv" else "dQ", what, result])
-    return common.markdown_table(["D", "causal", "kernel varied", "its configuration", "whole backward, vs flash"], rows)
+        rows.append([r["D"], "yes" if r["causal"] else "no", "dK/dV" if r["kernel"] == "dkdv" else "dQ", what, result,
+                     "yes" if tuple(r["config"]) == tuple(used) else ""])
+    return common.markdown_table(["D", "causal", "kernel varied", "its configuration", "whole backward, vs flash",
+                                  "used by backward.py"], rows)
 
 
 def memory_table(data) -> str:
@@ -306,7 +333,7 @@ def figures():
         blocks["balance"] = balance_text(device)
     data = common.load("phase4/backward.json")
     if data:
-        table = backward_table(data) + "\n" + common.measured_on(data["meta"])
+        table = backward_table(data) + "\n" + backward_summary(data) + "\n" + common.measured_on(data["meta"])
         blocks["backward-table"] = table
         TABLE_MD.parent.mkdir(parents=True, exist_ok=True)
         TABLE_MD.write_text(table)
@@ -316,7 +343,10 @@ def figures():
                              ("memory-table", "phase4/memory.json", memory_table)):
         stored = common.load(path)
         if stored:
-            blocks[name] = make(stored) + "\n" + common.measured_on(stored["meta"])
+            text = make(stored)
+            if name == "atomic-table":
+                text += "\n" + atomic_summary(stored)
+            blocks[name] = text + "\n" + common.measured_on(stored["meta"])
     for name, text in blocks.items():
         if common.replace_block(LESSON, name, text):
             done.append(f"filled {name} in {LESSON.relative_to(ROOT)}")

@@ -241,9 +241,9 @@ def _kernel_specs():
     ptr = lambda t: f"*{t}"
     stride3 = lambda p: [f"stride_{p}{s}" for s in "bhn"]
     specs = []
-    # Causal covers every code path (the non-causal sweep is the causal one without its diagonal).
     # D=16 and 32 use smaller tiles than these and run in the GPU tier.
-    cases = [("bf16", D, True, cfg.CONFIGS_SM90[D]) for D in (64, 128)] + [("fp32", 128, True, cfg.CONFIGS_SMALL[128])]
+    cases = [("bf16", D, c, cfg.CONFIGS_SM90[(D, c)]) for D in (64, 128) for c in (False, True)]
+    cases += [("fp32", 128, True, cfg.CONFIGS_SMALL[128])]
     for t, D, causal, ((m1, n1, mm1, w1, s1), (m2, n2, mn2, w2, s2)) in cases:
         precision = "ieee" if t == "fp32" else "tf32"
         label = f"{t}, D={D}, {'causal' if causal else 'not causal'}"
