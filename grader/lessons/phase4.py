@@ -310,7 +310,12 @@ def saved_memory_table() -> str:
         lse = 4.0 * B * H * N
         qkvo = cost.qkvo_bytes(B, H, N, N, D, 2)
         rows.append([name, f"{p / 2**30:,.2f} GiB", f"{lse / 2**20:,.2f} MiB", f"{qkvo / 2**20:,.0f} MiB"])
-    return common.markdown_table(["per layer (bf16)", "P (B x H x N x N)", "lse (float32)", "q, k, v, o"], rows)
+    layers, B, H, N = 32, 8, 32, 4096  # Llama-2-7B, a batch of eight 4k-token sequences
+    total_p = layers * cost.score_matrix_bytes(B, H, N, N, 2) / 2**30
+    total_lse = layers * 4.0 * B * H * N / 2**20
+    return (common.markdown_table(["per layer (bf16)", "P (B x H x N x N)", "lse (float32)", "q, k, v, o"], rows)
+            + f"\nOver the {layers} layers of Llama-2-7B, a batch of {B} sequences of {N} tokens: P takes "
+              f"{total_p:,.0f} GiB, more than any GPU has; lse takes {total_lse:,.0f} MiB.\n")
 
 
 def balance_text(device: dict) -> str:
