@@ -96,10 +96,25 @@ def _compile_one(phase: int, spec: dict, arch: int) -> dict:
     return result
 
 
+def _compile_job(job) -> dict:
+    return _compile_one(*job)
+
+
 def main():
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     request = json.loads(sys.stdin.read())
-    results = [_compile_one(request["phase"], spec, arch) for spec in request["specs"] for arch in ARCHS]
+    jobs = [(request["phase"], spec, arch) for spec in request["specs"] for arch in ARCHS]
+    # Each compile is single-threaded and takes seconds on Triton 3.6: one process per core.
+    workers = min(len(jobs), os.cpu_count() or 1, 16)
+    if workers <= 1:
+        results = [_compile_job(job) for job in jobs]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork is safe: this parent has imported neither torch nor triton yet.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_compile_job, jobs))
     print(json.dumps(results))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from grader import impl, messages, tiers  # noqa: E402
+from grader import impl, messages, tiers, warmup  # noqa: E402
 
 PUBLIC_SEED = 0
 
@@ -25,6 +25,7 @@ def pytest_addoption(parser):
     group = parser.getgroup("grader")
     group.addoption("--phase", type=int, default=None, help="phase being graded (for the report)")
     group.addoption("--report", default=None, help="where to write the JSON report")
+    group.addoption("--warm-shard", default=None, help="internal: i/K, fill the kernel cache (see grader.warmup)")
 
 
 def pytest_configure(config):
@@ -75,11 +76,21 @@ class GradingSession:
         self.results: dict[str, dict] = {}
         self.started = time.time()
 
-    def pytest_collection_modifyitems(self, items):
+    def pytest_collection_modifyitems(self, config, items):
         for item in items:
             tier = tiers.of(item)
             if self.available[tier]:
                 item.add_marker(pytest.mark.skip(reason=f"needs the {tier} tier: {self.available[tier]}"))
+        shard = warmup.parse_shard(config.getoption("warm_shard"))
+        if shard:  # a warm-up process: keep every K-th test that compiles kernels, drop the rest
+            index, count = shard
+            keep = set(self._warmable(items)[index::count])
+            config.hook.pytest_deselected(items=[it for it in items if it not in keep])
+            items[:] = [it for it in items if it in keep]
+
+    def _warmable(self, items):
+        """Tests that will run here and compile kernels as they go (see grader.warmup)."""
+        return [it for it in items if tiers.of(it) not in warmup.NOT_WARMED and not self.available[tiers.of(it)]]
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item, call):
@@ -101,6 +112,17 @@ class GradingSession:
             row.setdefault("metrics", {})[key] = value
 
     def pytest_collection_finish(self, session):
+        if self.config.getoption("warm_shard") is None:
+            warmed = self._warmable(session.items)
+            count = warmup.shard_count(len(warmed))
+            if count:
+                reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+                if reporter:
+                    reporter.write_line(f"warming Triton's kernel cache: {len(warmed)} tests in {count} processes ...")
+                seconds = warmup.run_shards(list(self.config.invocation_params.args), count,
+                                            str(self.config.rootpath))
+                if reporter:
+                    reporter.write_line(f"kernel cache warm after {seconds:.0f} s; grading")
         for item in session.items:
             self.results.setdefault(item.nodeid, {"outcome": "passed", "message": "", "duration": 0.0})
             self.results[item.nodeid].update(

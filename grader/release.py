@@ -26,10 +26,13 @@ TOP_FILES = ("README.md", "Makefile", "pyproject.toml", ".gitignore", "LICENSE",
 TOP_DIRS = ("exercises", "grader", "assets")
 # Instructor-only parts of grader/: the course's own tests (they read solutions/) and the tools
 # that build releases, nbgrader courses and gradebooks.
-GRADER_EXCLUDED = ("tests", "release.py", "nbgrade.py", "grade_all.py", "notebook.py")
+# grader/lessons/ holds the measurement scripts behind the lessons' tables, and Phase 4's includes a
+# working atomic-dQ backward kernel (a near answer): students get the tables, not the scripts.
+GRADER_EXCLUDED = ("tests", "release.py", "nbgrade.py", "grade_all.py", "notebook.py", "lessons", "measure.py",
+                   "figures.py")
 # Makefile verbs that need solutions/ or exist for instructors; the release's Makefile drops them.
-INSTRUCTOR_TARGETS = ("check-solutions", "test", "exercises", "measure", "lint", "release", "nbgrader",
-                      "grade-all")
+INSTRUCTOR_TARGETS = ("check-solutions", "test", "exercises", "measure", "figures", "lint", "release",
+                      "nbgrader", "grade-all")
 SKIP_PARTS = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints")
 
 

@@ -48,7 +48,6 @@ def measure():
                     lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
             naive_rows.append(row)
             print(f"naive D={D} N={N}: {row['tflops']:.0f} TFLOPS, flash {row['flash_tflops']:.0f}")
-            del q, k, v
 
     softmax_rows = []
     total = 1 << 28  # 256 MiB of bf16 per input, whatever the width

@@ -1,4 +1,6 @@
 """The grader's own rules: error messages, honesty checks and the command line."""
+import json
+import os
 import subprocess
 import sys
 
@@ -87,3 +89,14 @@ def test_make_grade_without_phase_is_one_line():
     proc = subprocess.run(["make", "-s", "grade"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "PHASE must be one of: 0" in proc.stderr
+
+
+def test_gpu_warm_up_shards_run_and_leave_the_grade_unchanged():
+    """The kernel-cache warm-up (on by default on a GPU) forced on here: same score, plus its progress line."""
+    proc = subprocess.run([sys.executable, "-m", "grader", "grade", "--phase", "0", "--impl", "solutions",
+                           "--report", str(ROOT / "reports" / "warmup-test.json")],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "FA_WARM_SHARDS": "2"})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "warming Triton's kernel cache" in proc.stdout
+    report = json.loads((ROOT / "reports" / "warmup-test.json").read_text())
+    assert report["score"] == report["max_score_run"] > 0
