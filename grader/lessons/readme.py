@@ -18,8 +18,9 @@ def _grades() -> str:
         tiers = ", ".join(t for t, state in sol["tiers"].items() if state == "available")
         throughput = "; ".join(t["metrics"]["throughput"]["summary"] for t in sol["tests"]
                                if "throughput" in t.get("metrics", {}) and t["outcome"] == "passed")
-        rows.append([f"{sol['phase']}", f"{sol['score']:g} / {sol['max_score_run']:g}",
-                     f"{stub['score']:g} / {stub['max_score_run']:g}" if stub else "not run", tiers,
+        rows.append([f"{sol['phase']}", f"{sol['score']:g} / {sol['max_score_run']:g} in {sol['seconds']:.0f} s",
+                     f"{stub['score']:g} / {stub['max_score_run']:g} in {stub['seconds']:.0f} s" if stub else "not run",
+                     tiers,
                      f"{env['device']}, torch {env['torch']}, Triton {env['triton']}", throughput or "-"])
     if not rows:
         return "(no GPU report committed yet)\n"
