@@ -48,19 +48,29 @@ def softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride,
         ### END SOLUTION
 
 
-def softmax(x):
-    """softmax over the last dimension of `x` (any shape, any width, float16/bfloat16/float32)."""
+def as_rows(x):
+    """`x` as a (rows, width) matrix with unit stride along each row, and an output like it.
+
+    Shared by every row-wise kernel of the course (Phase 2's online softmax too): softmax runs over
+    the last dimension of any shape, and a non-contiguous row is copied once so the kernel can
+    walk it with stride 1.
+    """
     check_float_tensor(x, "x")
     check_triton_device(x, "x")
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension (softmax runs over the last one)")
-    n_cols = x.shape[-1]
-    rows = x.reshape(-1, n_cols)
+    rows = x.reshape(-1, x.shape[-1])
     if rows.numel() and rows.stride(-1) != 1:
-        rows = rows.contiguous()  # the kernel walks a row with unit stride
-    y = torch.empty_like(rows)
+        rows = rows.contiguous()
+    return rows, torch.empty_like(rows)
+
+
+def softmax(x):
+    """softmax over the last dimension of `x` (any shape, any width, float16/bfloat16/float32)."""
+    rows, y = as_rows(x)
     if rows.numel() == 0:
         return y.reshape(x.shape)
+    n_cols = rows.shape[1]
     block = min(triton.next_power_of_2(n_cols), MAX_BLOCK)
     num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
     softmax_kernel[(rows.shape[0],)](rows, y, n_cols, rows.stride(0), y.stride(0),

@@ -8,11 +8,10 @@ recurrence folds the first two together, rescaling the sum whenever the max grow
 
 Exactly the same m and l come out, and nothing is exponentiated above 0, so it never overflows.
 """
-import torch
 import triton
 import triton.language as tl
 
-from ..phase0.checks import check_float_tensor, check_triton_device
+from ..phase0.softmax import as_rows
 
 # Chunk of a row loaded at a time: 4096 float32 values over 8 warps is 16 per thread.
 MAX_BLOCK = 4096
@@ -47,17 +46,10 @@ def online_softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride, BLOC
 
 def online_softmax(x):
     """softmax over the last dimension of `x` (any shape, any width, float16/bfloat16/float32)."""
-    check_float_tensor(x, "x")
-    check_triton_device(x, "x")
-    if x.dim() == 0:
-        raise ValueError("x must have at least one dimension (softmax runs over the last one)")
-    n_cols = x.shape[-1]
-    rows = x.reshape(-1, n_cols)
-    if rows.numel() and rows.stride(-1) != 1:
-        rows = rows.contiguous()  # the kernel walks a row with unit stride
-    y = torch.empty_like(rows)
+    rows, y = as_rows(x)
     if rows.numel() == 0:
         return y.reshape(x.shape)
+    n_cols = rows.shape[1]
     block = min(triton.next_power_of_2(n_cols), MAX_BLOCK)
     num_warps = 4 if block <= 1024 else 8
     online_softmax_kernel[(rows.shape[0],)](rows, y, n_cols, rows.stride(0), y.stride(0),
