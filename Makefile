@@ -20,7 +20,7 @@ PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 endif
 
-ifneq ($(filter grade grade-gpu grade-all,$(MAKECMDGOALS)),)
+ifneq ($(filter grade grade-all,$(MAKECMDGOALS)),)
 ifeq ($(filter $(PHASE),$(PHASES)),)
 $(error PHASE must be one of: $(PHASES) -- e.g. make grade PHASE=0 [IMPL=exercises|solutions])
 endif

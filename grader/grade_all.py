@@ -211,6 +211,10 @@ def write_gradebook(path: Path, tests: list[dict], reports: dict[str, dict]) -> 
 
 
 def main(argv=None) -> int:
+    # Ctrl-C must stop a long run so that it can resume later, even when a shell started this
+    # process as a background job, which hands it SIGINT ignored (and Python then never raises
+    # KeyboardInterrupt).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(prog="python -m grader.grade_all", description=__doc__.split("\n")[0])
     parser.add_argument("--submissions", required=True, help="a folder holding one folder per submission")
     parser.add_argument("--phase", required=True, type=int)

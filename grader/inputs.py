@@ -1,6 +1,8 @@
 """Fresh random inputs for graded calls, and the check that bad input is refused clearly."""
 import torch
 
+FLOAT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 def randn(shape, dtype, device, gen, scale=1.0):
     """Normal values drawn on the CPU from `gen` (reproducible on any device), then moved."""
@@ -32,7 +34,16 @@ def assert_refuses(fn, error: type, name: str, what: str):
     except NotImplementedError:
         raise
     except Exception as exc:
+        first = str(exc).splitlines()[0][:120] if str(exc) else ""
         raise AssertionError(f"bad input ({what}) should raise {error.__name__} naming {name!r}, "
-                             f"got {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}") from None
+                             f"got {type(exc).__name__}: {first}") from None
     raise AssertionError(f"bad input ({what}) should raise {error.__name__} naming {name!r}; nothing was raised")
 
+
+
+def assert_rowwise_refusals(fn, device):
+    """What every row-wise softmax must refuse: integers, a 0-d tensor, and a CPU tensor on a GPU run."""
+    assert_refuses(lambda: fn(torch.ones(3, 4, dtype=torch.int32, device=device)), TypeError, "x", "an integer tensor")
+    assert_refuses(lambda: fn(torch.tensor(1.0, device=device)), ValueError, "x", "a 0-d tensor")
+    if device == "cuda":
+        assert_refuses(lambda: fn(torch.ones(3, 4)), ValueError, "x", "a CPU tensor on a GPU run")

@@ -76,3 +76,22 @@ def assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, baseline: torc
             f"{str(dtype).removeprefix('torch.')} error {baseline_err:.2e} + {floor:.0e}"
         )
     return worst, allowed
+
+
+def _assert_dtype(name, got, expected, of):
+    if got.dtype != expected:
+        raise AssertionError(f"{name} has dtype {got.dtype}, expected {of}'s dtype {expected}")
+
+
+def assert_attention_output(o, q, k, v, causal=False, sm_scale=None):
+    """o against float64 attention under the SDPA-relative rule, in q's dtype; returns the float64 lse."""
+    ref, lse = reference_attention(q, k, v, causal, sm_scale)
+    assert_close("o", o, ref, sdpa(q, k, v, causal, sm_scale))
+    _assert_dtype("o", o, q.dtype, "q")
+    return lse
+
+
+def assert_softmax_output(y, x):
+    """y against float64 softmax over the last dimension, relative to torch.softmax's own error, in x's dtype."""
+    assert_close("y", y, torch.softmax(x.double(), dim=-1), torch.softmax(x, dim=-1))
+    _assert_dtype("y", y, x.dtype, "x")
