@@ -1,0 +1,257 @@
+"""Phase 5's numbers: configuration sweeps, the ablation, and the distance to cuDNN and FlexAttention.
+
+    python -c 'from grader.lessons import phase5; phase5.tune()'    GPU: assets/phase5/tune_*.json
+    python -m grader.measure phase5                                  GPU: assets/phase5/*.json
+    python -m grader.figures                                         tables and plots into the lesson
+
+Every sweep first compiles its candidates in parallel worker processes (Triton 3.6 compiles one
+kernel at a time, for seconds; the GPU machines have many cores), then times them one by one in
+this process with the kernel cache warm.
+"""
+import functools
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from grader.lessons import common
+
+LESSON = common.ROOT / "exercises" / "phase5" / "README.md"
+# A wall-clock deadline (seconds since the epoch): sweeps stop early, keeping what they measured,
+# on a machine lent for a limited time.
+DEADLINE = float(os.environ.get("FA_MEASURE_DEADLINE", "inf"))
+
+
+def _out_of_time() -> bool:
+    return time.time() > DEADLINE
+
+
+def _inputs(N, D, dtype="bfloat16", seed=0, batch_heads=None):
+    import torch
+
+    from grader import bench
+    from grader.inputs import qkv
+
+    B, H, N, D = bench.standard_shape(N, D)
+    if batch_heads:
+        B, H = batch_heads
+    gen = torch.Generator().manual_seed(seed)
+    return qkv(B, H, N, N, D, getattr(torch, dtype), "cuda", gen, "bnhd")
+
+
+# ---------------------------------------------------------------- candidates
+def forward_candidates(D):
+    """The forward's pruned space on this GPU (descriptor path), plus Phase 3's pointer kernel."""
+    from solutions.phase5.forward import pruned_space
+
+    return [c for c in pruned_space(D, 0) if c.block_n >= 64]
+
+
+def _small(D, batch):
+    """Small inputs whose integer arguments specialize like the standard shapes' (Triton compiles one
+    kernel per pattern of `== 1` and `% 16 == 0` among them), so compiling on them fills the cache."""
+    return {"N": 256, "batch_heads": (batch, 2048 // D)}
+
+
+def _fwd_call(N, D, causal, cfg, tma, switches=None, small=None):
+    from solutions.phase5.forward import Switches, forward
+
+    q, k, v = _inputs(N, D) if small is None else _inputs(D=D, **_small(D, small))
+    sw = switches or Switches(tma=tma)
+    return functools.partial(forward, q, k, v, causal, config=cfg, switches=sw)
+
+
+BWD_TWO_KERNELS = {
+    # (dK/dV: BLOCK_M1, BLOCK_N1, MASK_BLOCK_M1, warps, stages), (dQ: BLOCK_M2, BLOCK_N2, MASK_BLOCK_N2, warps, stages)
+    64: [((32, 128, 32, 4, 3), (128, 64, 32, 8, 3)), ((64, 128, 32, 8, 3), (128, 64, 32, 8, 3)),
+         ((32, 128, 32, 4, 3), (128, 128, 32, 8, 2)), ((32, 128, 32, 4, 3), (64, 64, 32, 4, 3)),
+         ((64, 64, 32, 4, 3), (128, 64, 32, 8, 3)), ((32, 64, 16, 4, 4), (128, 32, 32, 4, 3))],
+    128: [((32, 64, 16, 4, 3), (64, 32, 16, 4, 4)), ((64, 128, 32, 8, 2), (64, 32, 16, 4, 4)),
+          ((64, 128, 32, 8, 2), (128, 64, 32, 8, 2)), ((64, 128, 32, 8, 2), (64, 64, 32, 4, 3)),
+          ((64, 128, 32, 8, 2), (128, 32, 32, 8, 3)), ((64, 64, 32, 4, 3), (64, 64, 32, 4, 2)),
+          ((64, 128, 32, 8, 3), (128, 64, 32, 8, 3))],
+}
+BWD_ATOMIC = {64: [(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)],
+              128: [(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2)]}
+
+
+def _bwd_call(N, D, causal, kind, cfg, small=None):
+    import torch
+
+    from grader.lessons.phase4 import atomic_backward
+    from solutions.phase3 import flash_attention_forward
+    from solutions.phase4 import flash_attention_backward
+
+    q, k, v = _inputs(N, D) if small is None else _inputs(D=D, **_small(D, small))
+    do = torch.randn_like(q)
+    o, lse = flash_attention_forward(q, k, v, causal=causal)
+    if kind == "atomic":
+        q, k, v, o, do = (t.contiguous() for t in (q, k, v, o, do))
+        return functools.partial(atomic_backward, do, q, k, v, o, lse, causal, cfg)
+    return functools.partial(flash_attention_backward, do, q, k, v, o, lse, causal=causal, config=cfg)
+
+
+def _compile_job(job):
+    """Worker: run one candidate once on small inputs, which leaves its kernels in Triton's cache."""
+    what, args = job
+    try:
+        for batch in (1, 4):  # B is 1 at N = 16384 and 4 at N = 4096 in the standard sweep
+            (_fwd_call if what == "fwd" else _bwd_call)(*args, small=batch)()
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported when the candidate is timed
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else ''}"
+
+
+def precompile(jobs, workers=None):
+    """Compile every candidate in parallel processes (spawned: CUDA does not survive fork)."""
+    workers = workers or min(12, max(1, (os.cpu_count() or 2) - 2))
+    started = time.time()
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        errors = list(pool.map(_compile_job, jobs))
+    print(f"precompiled {len(jobs)} candidates in {time.time() - started:.0f} s on {workers} processes", flush=True)
+    return errors
+
+
+# ---------------------------------------------------------------- sweeps
+def _time(call, flops):
+    from grader import timing
+
+    call()
+    ms = timing.median_ms(call)
+    return {"ms": ms, "tflops": timing.tflops(flops, ms)}
+
+
+def tune_forward(ns=(4096, 16384)):
+    """Every pruned configuration on the descriptor path, and Phase 3's kernel, at the standard shapes."""
+    import dataclasses
+
+    from grader import cost
+    from solutions.phase3 import flash_attention_forward
+    from solutions.phase5.forward import Switches
+
+    shapes = [(D, causal) for D in (64, 128) for causal in (False, True)]
+    jobs = [("fwd", (4096, D, causal, c, tma)) for D, causal in shapes for c in forward_candidates(D)
+            for tma in (True, False)]
+    precompile(jobs)
+    rows = []
+    for D, causal in shapes:
+        for N in ns:
+            q, k, v = _inputs(N, D)
+            flops = cost.attention_flops(*q.shape[:3], N, D, causal, "fwd")
+            base = _time(functools.partial(flash_attention_forward, q, k, v, causal), flops)
+            rows.append({"D": D, "N": N, "causal": causal, "kernel": "phase3", **base})
+            for cfg in forward_candidates(D):
+                for tma in (True, False):
+                    if _out_of_time():
+                        break
+                    row = {"D": D, "N": N, "causal": causal, "kernel": "phase5", "tma": tma,
+                           "config": dataclasses.astuple(cfg)}
+                    try:
+                        row.update(_time(_fwd_call(N, D, causal, cfg, tma, Switches(tma=tma)), flops))
+                    except Exception as exc:  # noqa: BLE001 - a candidate that does not compile or fit
+                        row["error"] = str(exc).strip().splitlines()[-1][:160]
+                    rows.append(row)
+                    print(f"fwd D={D} N={N} causal={causal} tma={tma} {row['config']}: "
+                          f"{row.get('tflops', float('nan')):.0f} TFLOPS (phase 3: {base['tflops']:.0f}) "
+                          f"{row.get('error', '')}", flush=True)
+            common.save("phase5/tune_forward.json", {"rows": rows})
+    return rows
+
+
+def tune_backward(ns=(4096,)):
+    from grader import cost
+
+    shapes = [(D, causal) for D in (64, 128) for causal in (False, True)]
+    jobs = [("bwd", (4096, D, causal, "two", c)) for D, causal in shapes for c in BWD_TWO_KERNELS[D]]
+    jobs += [("bwd", (4096, D, causal, "atomic", c)) for D, causal in shapes for c in BWD_ATOMIC[D]]
+    precompile(jobs)
+    rows = []
+    for D, causal in shapes:
+        for N in ns:
+            q, k, v = _inputs(N, D)
+            flops = cost.attention_flops(*q.shape[:3], N, D, causal, "bwd")
+            for kind, cands in (("two", BWD_TWO_KERNELS[D]), ("atomic", BWD_ATOMIC[D])):
+                for cfg in cands:
+                    if _out_of_time():
+                        break
+                    row = {"D": D, "N": N, "causal": causal, "kind": kind, "config": cfg}
+                    try:
+                        row.update(_time(_bwd_call(N, D, causal, kind, cfg), flops))
+                    except Exception as exc:  # noqa: BLE001
+                        row["error"] = str(exc).strip().splitlines()[-1][:160]
+                    rows.append(row)
+                    print(f"bwd D={D} N={N} causal={causal} {kind} {cfg}: {row.get('tflops', float('nan')):.0f} "
+                          f"TFLOPS {row.get('error', '')}", flush=True)
+            common.save("phase5/tune_backward.json", {"rows": rows})
+    return rows
+
+
+# ---------------------------------------------------------------- the references: SDPA and FlexAttention
+def flex_callables(q, k, v, causal):
+    """FlexAttention (torch.compile'd Triton) forward and backward, compiled before timing."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False)
+    mask = None
+    if causal:
+        mask = create_block_mask(lambda b, h, i, j: i >= j, None, None, q.shape[2], k.shape[2], device="cuda")
+    qc, kc, vc = (t.detach().contiguous() for t in (q, k, v))  # flex wants one layout per run; give it the best
+    fwd = functools.partial(flex, qc, kc, vc, block_mask=mask)
+    qg, kg, vg = (t.detach().clone().requires_grad_() for t in (qc, kc, vc))
+    out = flex(qg, kg, vg, block_mask=mask)
+    do = torch.randn_like(out)
+
+    def bwd():
+        torch.autograd.grad(out, (qg, kg, vg), do, retain_graph=True)
+    return {"fwd": fwd, "bwd": bwd}
+
+
+def references(shapes=((128, 16384), (64, 4096))):
+    from grader import bench, timing
+
+    rows = []
+    for D, N in shapes:
+        for causal in (False, True):
+            q, k, v = _inputs(N, D)
+            started = time.time()
+            flex = flex_callables(q, k, v, causal)
+            compile_s = time.time() - started
+            for mode in ("fwd", "bwd"):
+                flex[mode]()
+                ms = timing.median_ms(flex[mode])
+                row = bench.measure(lambda: None, q, k, v, causal, mode=mode, baselines=("flash", "cudnn"))
+                row.update(flex_ms=ms, flex_tflops=timing.tflops(row["flops"], ms), flex_compile_s=compile_s)
+                rows.append(row)
+                print(f"{mode} D={D} N={N} causal={causal}: flex {row['flex_tflops']:.0f}, cudnn "
+                      f"{row.get('cudnn_tflops', 0):.0f}, flash {row.get('flash_tflops', 0):.0f} TFLOPS "
+                      f"(flex compiled in {compile_s:.0f} s)", flush=True)
+            common.save("phase5/references.json", {"rows": rows})
+    return rows
+
+
+def tune():
+    tune_forward()
+    tune_backward()
+
+
+def print_sweep_summary():
+    """The best candidate per shape of each stored sweep (a short table at the end of a GPU run)."""
+    fwd = common.load("phase5/tune_forward.json")
+    for (D, N, causal) in sorted({(r["D"], r["N"], r["causal"]) for r in (fwd or {}).get("rows", [])}):
+        rows = [r for r in fwd["rows"] if (r["D"], r["N"], r["causal"]) == (D, N, causal) and "tflops" in r]
+        base = next((r["tflops"] for r in rows if r["kernel"] == "phase3"), float("nan"))
+        for tma in (True, False):
+            cands = [r for r in rows if r.get("tma") == tma]
+            if cands:
+                best = max(cands, key=lambda r: r["tflops"])
+                print(f"fwd D={D} N={N} causal={causal:d} tma={tma:d}: best {best['config']} {best['tflops']:.0f} "
+                      f"(worst {min(r['tflops'] for r in cands):.0f}; phase 3 {base:.0f})")
+    bwd = common.load("phase5/tune_backward.json")
+    for (D, N, causal) in sorted({(r["D"], r["N"], r["causal"]) for r in (bwd or {}).get("rows", [])}):
+        for kind in ("two", "atomic"):
+            cands = [r for r in bwd["rows"] if (r["D"], r["N"], r["causal"], r["kind"]) == (D, N, causal, kind)
+                     and "tflops" in r]
+            if cands:
+                best = max(cands, key=lambda r: r["tflops"])
+                print(f"bwd D={D} N={N} causal={causal:d} {kind}: best {best['config']} {best['tflops']:.0f}")
