@@ -1,0 +1,5 @@
+import sys
+
+from grader.mutants.run import main
+
+sys.exit(main())
