@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from grader import isolation
 from grader.impl import ROOT, TREES, phases
 
 
@@ -23,16 +24,20 @@ def grade(phase: int, tree: str, extra: list[str], report: str | None = None,
           tests: list[str] | None = None) -> int:
     """Grade `tree` (exercises, solutions or a submission directory) with the phase's grader, or
     with `tests` (test files or node ids) instead."""
-    import pytest
-
     if tree not in TREES:  # a submission directory: see grader/impl.py
         tree = str(Path(tree).resolve())
     os.environ["FA_IMPL"] = tree
     paths = tests or [str(ROOT / "grader" / "phases" / f"test_phase{phase}.py")]
+    report = report or report_path(phase, Path(tree).name)
     args = [*paths, "-p", "grader.plugin",
             "-q", "--tb=no", "-rN", "--disable-warnings", "--rootdir", str(ROOT),
-            "--phase", str(phase), "--report", report or report_path(phase, Path(tree).name), *extra]
-    return int(pytest.main(args))
+            "--phase", str(phase), "--report", report, *extra]
+    if os.environ.get("FA_ISOLATE") == "0":  # in this process (a debugger); a crash then ends everything
+        import pytest
+
+        return int(pytest.main(args))
+    # In a child process that may crash without taking the table and the report with it.
+    return isolation.run(args, report)
 
 
 def check_solutions(selected: list[int]) -> int:

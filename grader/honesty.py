@@ -1,38 +1,97 @@
 """Keep a graded call honest: it must do the work in Triton, on fresh data, without side effects.
 
 During the graded call:
-- torch's attention, softmax and matmul entry points raise (a `TorchFunctionMode` sees every
-  torch function, the `@` operator and Tensor methods included);
+- torch's attention, softmax, logsumexp and matmul entry points raise, in every namespace that
+  offers them (`torch.*`, Tensor methods and the `@` operator, `torch.nn.functional`,
+  `torch.special`, `torch.linalg`): a `TorchFunctionMode` sees every torch function;
+- that holds inside Triton's launcher too, for the student's own code it calls back (autotune
+  `pre_hook`s, `prune_configs_by`, a grid function, heuristics): only Triton's own code may use
+  torch freely there;
 - tensors made with `torch.empty*` come back filled with NaN, so an output element the kernel
   never writes is caught by the NaN check instead of passing by luck on zeroed memory;
 - Triton kernel launches are counted, and a Triton function that launched none fails.
-Afterwards every input is compared with the clone taken before the call.
+Afterwards:
+- every tensor the function returns must have been written by a Triton kernel during this very
+  call (the outcome side: a result computed by PyTorch or NumPy next to a token launch, or kept
+  from an earlier call, fails however it was computed). Under the interpreter the stores are
+  observed (grader.bounds); on a GPU, the result must be memory passed to a kernel of the call;
+- every input is compared with the clone taken before the call.
+
+A `HonestyError` with `cheat=True` means the result was computed outside Triton: the grader then
+scores the whole function 0 in this phase (see grader.scoring), not only the test that caught it.
 
 This protects a grade from honest mistakes and lazy shortcuts, not from hostile code: student
 code runs with the grader's permissions and could undo any of it (see the instructors' docs).
 """
 import contextlib
+import os
+import sys
 
 import torch
 from torch.overrides import TorchFunctionMode
+
+from grader import bounds, usage
 
 FORBIDDEN = {
     "sdpa": {"scaled_dot_product_attention", "_scaled_dot_product_attention_math",
              "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
              "_scaled_dot_product_cudnn_attention", "multi_head_attention_forward"},
-    "softmax": {"softmax", "log_softmax", "_softmax", "softmin"},
+    # softmax in every spelling, and the row reductions that stand in for it (logsumexp gives the
+    # normalizer in one call; a cumulative sum hides a sum or a running maximum)
+    "softmax": {"softmax", "log_softmax", "_softmax", "_log_softmax", "softmin", "gumbel_softmax",
+                "special_softmax", "special_log_softmax", "logsumexp", "special_logsumexp",
+                "logcumsumexp", "cumsum", "cumprod", "cummax"},
     "matmul": {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "baddbmm", "addmm", "addbmm",
-               "einsum", "linear", "tensordot", "chain_matmul", "inner"},
+               "einsum", "linear", "bilinear", "tensordot", "chain_matmul", "inner", "dot", "vdot",
+               "mv", "addmv", "outer", "ger", "addr", "kron", "cdist",
+               "linalg_matmul", "linalg_vecdot", "vecdot", "linalg_multi_dot", "multi_dot"},
 }
 FACTORIES = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"}
 
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_HERE = os.path.abspath(__file__)
+
 
 class HonestyError(AssertionError):
-    """The graded call broke a rule of the grader (not a numerical mismatch)."""
+    """The graded call broke a rule of the grader (not a numerical mismatch).
+
+    `cheat` is True when the result was computed outside Triton: the whole function then scores 0,
+    and the cheat is filed with the running test (grader.usage) even if the student's code, or a
+    test, catches the exception. `function` names the graded function.
+    """
+
+    def __init__(self, message, cheat=False, function=None):
+        super().__init__(message)
+        self.cheat = cheat
+        self.function = function
+        if cheat:
+            usage.note_cheat(function, message)
 
 
 class _Suspend:
-    depth = 0  # > 0 while Triton itself runs (its launcher and autotuner may use torch freely)
+    depth = 0  # > 0 while Triton's launcher or autotuner runs (it may use torch for its own work)
+
+
+def _triton_dir() -> str:
+    import triton
+
+    return os.path.dirname(triton.__file__) + os.sep
+
+
+def _called_by_triton() -> bool:
+    """Is the torch function being dispatched called by Triton's own code (not by a user hook)?
+
+    The nearest frame outside torch's package (torch.nn.functional and the dispatcher run in
+    between) and outside this module decides.
+    """
+    triton_dir = _triton_dir()
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not (path.startswith(_TORCH_DIR) or os.path.abspath(path) == _HERE):
+            return path.startswith(triton_dir)
+        frame = frame.f_back
+    return True
 
 
 class _GradedCallMode(TorchFunctionMode):
@@ -40,23 +99,40 @@ class _GradedCallMode(TorchFunctionMode):
         super().__init__()
         self.forbidden = set().union(*(FORBIDDEN[f] for f in forbid)) if forbid else set()
         self.what = what
+        self.violation = None  # kept even when the student's code catches the exception
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _Suspend.depth:
+        if _Suspend.depth and _called_by_triton():
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         if name in self.forbidden:
-            raise HonestyError(f"{self.what} called torch's {name}: this exercise must compute it in Triton")
+            inside = " (in code that Triton's launcher calls back: a hook, a grid or a heuristic)" \
+                if _Suspend.depth else ""
+            self.violation = self.violation or HonestyError(
+                f"{self.what} called torch's {name}{inside}: this exercise must compute it in Triton",
+                cheat=True, function=self.what)
+            raise self.violation
         out = func(*args, **kwargs)
         if name in FACTORIES and isinstance(out, torch.Tensor) and out.is_floating_point():
             out.fill_(float("nan"))
         return out
 
 
-class _LaunchCounter:
+class _Launches:
     def __init__(self):
         self.count = 0
+        self.storages: set[int] = set()  # storage addresses of the tensors passed to kernels
+
+
+def _storages_of(values):
+    for value in values:
+        if isinstance(value, (tuple, list)):
+            yield from _storages_of(value)
+        elif isinstance(value, torch.Tensor):
+            yield value.untyped_storage().data_ptr()
+        elif hasattr(value, "base") and isinstance(getattr(value, "base"), torch.Tensor):
+            yield value.base.untyped_storage().data_ptr()  # Triton's TensorWrapper, a TensorDescriptor
 
 
 @contextlib.contextmanager
@@ -66,13 +142,14 @@ def _count_triton_launches():
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
-    counter = _LaunchCounter()
+    launches = _Launches()
     originals = {cls: cls.run for cls in (JITFunction, InterpretedFunction, Autotuner)}
 
     def wrap(cls, original):
         def run(self, *args, **kwargs):
             if cls is not Autotuner:
-                counter.count += 1
+                launches.count += 1
+                launches.storages.update(_storages_of(list(args) + list(kwargs.values())))
             _Suspend.depth += 1
             try:
                 return original(self, *args, **kwargs)
@@ -83,7 +160,7 @@ def _count_triton_launches():
     for cls, original in originals.items():
         cls.run = wrap(cls, original)
     try:
-        yield counter
+        yield launches
     finally:
         for cls, original in originals.items():
             cls.run = original
@@ -94,16 +171,45 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
         torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
 
 
+def _returned_tensors(out):
+    if isinstance(out, torch.Tensor):
+        return [("the result", out)]
+    if isinstance(out, (tuple, list)):
+        return [(f"result {i}", t) for i, t in enumerate(out) if isinstance(t, torch.Tensor)]
+    return []
+
+
+def _check_written_by_kernels(out, what, launches, written):
+    """Every returned tensor must be memory that a Triton kernel of this call wrote."""
+    kernel_memory = written if written is not None else launches.storages
+    for name, t in _returned_tensors(out):
+        if t.numel() and t.untyped_storage().data_ptr() not in kernel_memory:
+            raise HonestyError(
+                f"{what} returned {name} (shape {tuple(t.shape)}) that no Triton kernel wrote during this call: "
+                "the values must be stored by your kernel, not computed by PyTorch or NumPy on the host "
+                "nor kept from an earlier call", cheat=True, function=what)
+
+
 def graded_call(fn, *args, what=None, forbid=("sdpa", "softmax", "matmul"), triton=True, **kwargs):
     """Call `fn(*args, **kwargs)` under the rules above and return its result."""
     what = what or getattr(fn, "__name__", "the graded function")
     named = {f"argument {i}": a for i, a in enumerate(args)} | dict(kwargs.items())
     clones = {k: v.clone() for k, v in named.items() if isinstance(v, torch.Tensor)}
-    with _count_triton_launches() as launches, _GradedCallMode(forbid, what):
-        out = fn(*args, **kwargs)
+    tracking = bounds.track_writes() if bounds.checking() else contextlib.nullcontext()
+    with tracking as written, _count_triton_launches() as launches, _GradedCallMode(forbid, what) as mode:
+        try:
+            out = fn(*args, **kwargs)
+        except BaseException:
+            if mode.violation is not None:  # caught by the student's code, then something else failed
+                raise mode.violation from None
+            raise
+    if mode.violation is not None:  # the student's code caught it and went on
+        raise mode.violation
     if triton and launches.count == 0:
-        raise HonestyError(f"{what} launched no Triton kernel: the exercise is to write one")
+        raise HonestyError(f"{what} launched no Triton kernel: the exercise is to write one", function=what)
+    if triton:
+        _check_written_by_kernels(out, what, launches, written)
     for key, before in clones.items():
         if not _same(named[key], before):
-            raise HonestyError(f"{what} modified its input {key!r}: inputs must stay unchanged")
+            raise HonestyError(f"{what} modified its input {key!r}: inputs must stay unchanged", function=what)
     return out

@@ -37,7 +37,7 @@ def phases() -> list[int]:
     return sorted(graders)
 
 
-def _links_dir() -> Path:
+def links_dir() -> Path:
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     return Path(tempfile.gettempdir()) / f"fa-grader-submissions-{uid}"
 
@@ -46,7 +46,7 @@ def _mount(directory: Path) -> str:
     """Make `directory` importable as a package; returns the package's name."""
     directory = directory.resolve()
     name = SUBMISSION_PREFIX + hashlib.sha256(str(directory).encode()).hexdigest()[:12]
-    links = _links_dir()
+    links = links_dir()
     links.mkdir(parents=True, exist_ok=True)
     link = links / name
     if not (link.is_symlink() and Path(os.readlink(link)) == directory):
@@ -81,9 +81,9 @@ def tree() -> str:
     name = os.environ.get("FA_IMPL", "exercises")
     if name in TREES:
         return name
-    if name.startswith(SUBMISSION_PREFIX) and (_links_dir() / name).is_dir():  # a child process
+    if name.startswith(SUBMISSION_PREFIX) and (links_dir() / name).is_dir():  # a child process
         _refuse_solutions()
-        links = str(_links_dir())
+        links = str(links_dir())
         if links not in sys.path:
             sys.path.insert(0, links)
         return name

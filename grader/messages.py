@@ -3,6 +3,7 @@ import re
 import traceback
 from pathlib import Path
 
+from grader.bounds import OutOfBoundsError
 from grader.impl import ROOT
 
 TODO = re.compile(r"phase (\d+): ([^\n]+)")
@@ -26,6 +27,9 @@ def _where_in_course(tb) -> str:
 
 def describe(excinfo) -> str:
     exc = excinfo.value
+    for link in _chain(exc):
+        if isinstance(link, OutOfBoundsError):  # already names the kernel, the tensor and the line
+            return str(link)
     for link in _chain(exc):
         found = TODO.search(str(link))
         if found:
@@ -69,6 +73,9 @@ def render(summary: dict) -> list[str]:
     ran = [n for n, s in summary["tiers"].items() if s == "available"]
     lines.append(f"Score: {_fmt_points(summary['score'])} / {_fmt_points(summary['max_score_run'])} points"
                  f" on the tiers run here ({', '.join(ran)}) in {summary['seconds']:.0f} s")
+    for cheat in summary.get("cheats", []):
+        lines.append(f"Caught computing outside Triton: {cheat['function']} scores 0 in every test of this phase"
+                     f" (in {cheat['test']}: {cheat['reason']})")
     if summary["points_not_run"]:
         lines.append(f"Not run here: {_fmt_points(summary['points_not_run'])} points of tiers this machine"
                      " lacks (they are not counted as passed)")

@@ -3,6 +3,11 @@
 Loaded with `-p grader.plugin` by `python -m grader grade`. Test modules in grader/phases mark
 each test with `@pytest.mark.points(n)` and, when it needs more than the correctness tier,
 `@pytest.mark.tier("compile" | "gpu" | "throughput")`.
+
+`python -m grader grade` runs this session in a child process with `--progress FILE` (see
+grader.isolation): the results then go to FILE test by test, and the supervising process, which
+survives a crash, prints the table and writes the report. Without `--progress` (pytest run by
+hand) the session prints and writes them itself.
 """
 from grader import runtime
 
@@ -11,14 +16,17 @@ runtime.configure()  # before anything imports a kernel module
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from grader import impl, messages, tiers, warmup  # noqa: E402
+from grader import bounds, impl, messages, scoring, tiers, usage, warmup  # noqa: E402
 
 PUBLIC_SEED = 0
+_CRASH_LOG = None  # kept open for faulthandler
 
 
 def pytest_addoption(parser):
@@ -26,11 +34,23 @@ def pytest_addoption(parser):
     group.addoption("--phase", type=int, default=None, help="phase being graded (for the report)")
     group.addoption("--report", default=None, help="where to write the JSON report")
     group.addoption("--warm-shard", default=None, help="internal: i/K, fill the kernel cache (see grader.warmup)")
+    group.addoption("--progress", default=None, help="internal: write results test by test to this file "
+                                                     "(see grader.isolation)")
+    group.addoption("--only", default=None, help="internal: a JSON file listing the node ids to run, in order")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "points(n): points this test is worth")
     config.addinivalue_line("markers", "tier(name): compile, gpu or throughput (default: correctness)")
+    if runtime.interpreting():
+        bounds.install()  # an unmasked store is named, instead of corrupting the heap
+    if os.environ.get("FA_CRASH_LOG") and config.getoption("progress"):
+        # grader.isolation reads the Python traceback of a crash here, to name the kernel line
+        import faulthandler
+
+        global _CRASH_LOG
+        _CRASH_LOG = open(os.environ["FA_CRASH_LOG"], "w")
+        faulthandler.enable(_CRASH_LOG)
     config.pluginmanager.register(GradingSession(config), "grading-session")
 
 
@@ -60,13 +80,52 @@ def device() -> str:
 
 @pytest.fixture
 def api(request):
-    """The graded phase's package (exercises.phaseN or solutions.phaseN)."""
-    return impl.load(request.module.PHASE)
+    """The graded phase's package (exercises.phaseN or solutions.phaseN), noting which functions a
+    test uses (a function caught cheating loses the points of every test that uses it)."""
+    return usage.RecordingAPI(impl.load(request.module.PHASE))
 
 
 def _points(item) -> float:
     marker = item.get_closest_marker("points")
     return float(marker.args[0]) if marker else 1.0
+
+
+# The GPU reports a kernel's illegal memory access at the next synchronisation, and from then on
+# every CUDA call of the process fails: the rest of the grading must go on in a fresh process.
+GPU_FAULT = re.compile(r"illegal memory access|unspecified launch failure|misaligned address|"
+                       r"device-side assert|CUDA error: an illegal|cudaErrorIllegalAddress")
+EXIT_GPU_FAULT = 75  # the child's exit status after a GPU fault (grader.isolation starts a new one)
+
+
+class Progress:
+    """Results written test by test, so that the supervising process survives our crash."""
+
+    def __init__(self, path):
+        self.file = open(path, "a", buffering=1)
+        self.last_kernel = None
+
+    def write(self, **event):
+        self.file.write(json.dumps(event) + "\n")
+        self.file.flush()
+
+    def kernel_launched(self, name):
+        if name != self.last_kernel:  # one line per change of kernel: cheap, and enough to name it
+            self.last_kernel = name
+            self.write(launch=name)
+
+
+def _note_launches(progress: Progress) -> None:
+    """Name the kernel being launched in the progress file, in case the launch crashes the process."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    for cls in (JITFunction, InterpretedFunction):
+        def wrap(original):
+            def run(self, *args, **kwargs):
+                progress.kernel_launched(getattr(self.fn, "__name__", "kernel"))
+                return original(self, *args, **kwargs)
+            return run
+        cls.run = wrap(cls.run)
 
 
 class GradingSession:
@@ -75,12 +134,24 @@ class GradingSession:
         self.available = tiers.detect()
         self.results: dict[str, dict] = {}
         self.started = time.time()
+        path = None if config.getoption("warm_shard") else config.getoption("progress")
+        self.progress = Progress(path) if path else None
+        self.gpu_fault = None
+        if self.progress:
+            _note_launches(self.progress)
 
     def pytest_collection_modifyitems(self, config, items):
         for item in items:
             tier = tiers.of(item)
             if self.available[tier]:
                 item.add_marker(pytest.mark.skip(reason=f"needs the {tier} tier: {self.available[tier]}"))
+        only = config.getoption("only")
+        if only:  # a restarted child of grader.isolation: these tests, in this order
+            wanted = json.loads(Path(only).read_text())
+            by_id = {it.nodeid: it for it in items}
+            keep = [by_id[nodeid] for nodeid in wanted if nodeid in by_id]
+            config.hook.pytest_deselected(items=[it for it in items if it not in keep])
+            items[:] = keep
         shard = warmup.parse_shard(config.getoption("warm_shard"))
         if shard:  # a warm-up process: keep every K-th test that compiles kernels, drop the rest
             index, count = shard
@@ -97,7 +168,33 @@ class GradingSession:
         report = yield
         if call.excinfo is not None and not call.excinfo.errisinstance(pytest.skip.Exception):
             report.grader_message = messages.describe(call.excinfo)
+            if self.progress and GPU_FAULT.search(str(call.excinfo.value)):
+                kernel = self.progress.last_kernel or "a Triton kernel"
+                self.gpu_fault = report.grader_message = (
+                    f"the GPU reported a memory fault in `{kernel}` (the last kernel launched): usually a store or "
+                    f"load without a mask; the remaining tests run in a fresh process ({report.grader_message})")
         return report
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        usage.reset()
+        if self.progress:
+            self.progress.last_kernel = None
+            self.progress.write(test=nodeid, when="setup")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item):
+        if self.progress:
+            self.progress.write(test=item.nodeid, when="call")
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        row = self.results.get(nodeid)
+        if row is not None:
+            row.update(usage.snapshot())
+            if self.progress:
+                self.progress.write(row=dict(id=nodeid, **row))
+        if self.gpu_fault and self.progress:  # this process can no longer use the GPU
+            sys.stdout.flush()
+            os._exit(EXIT_GPU_FAULT)
 
     def pytest_runtest_logreport(self, report):
         row = self.results.setdefault(report.nodeid, {"outcome": "passed", "message": "", "duration": 0.0})
@@ -127,8 +224,18 @@ class GradingSession:
             self.results.setdefault(item.nodeid, {"outcome": "passed", "message": "", "duration": 0.0})
             self.results[item.nodeid].update(
                 name=item.name.removeprefix("test_"), tier=tiers.of(item), points=_points(item))
+        if self.progress:
+            items = [dict(id=item.nodeid, **{k: self.results[item.nodeid][k] for k in ("name", "tier", "points")})
+                     for item in session.items]
+            self.progress.write(header=self.header(), items=items)
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if self.progress:
+            self.progress.write(end=int(exitstatus))
 
     def pytest_terminal_summary(self, terminalreporter):
+        if self.progress:
+            return  # the supervising process prints the table and writes the report
         summary = self.summary()
         for line in messages.render(summary):
             terminalreporter.write_line(line)
@@ -138,10 +245,8 @@ class GradingSession:
             Path(path).write_text(json.dumps(summary, indent=1) + "\n")
             terminalreporter.write_line(f"Report: {path}")
 
-    def summary(self) -> dict:
+    def header(self) -> dict:
         seed, kind = base_seed()
-        rows = [dict(id=nodeid, **row) for nodeid, row in self.results.items() if "points" in row]
-        ran = [r for r in rows if r["outcome"] != "skipped"]
         return {
             "phase": self.config.getoption("phase"),
             "impl": impl.label(),
@@ -149,9 +254,8 @@ class GradingSession:
             "tiers": {name: ("available" if reason is None else f"not run: {reason}")
                       for name, reason in self.available.items()},
             "environment": tiers.environment(),
-            "score": sum(r["points"] for r in ran if r["outcome"] == "passed"),
-            "max_score_run": sum(r["points"] for r in ran),
-            "points_not_run": sum(r["points"] for r in rows if r["outcome"] == "skipped"),
-            "seconds": round(time.time() - self.started, 1),
-            "tests": rows,
         }
+
+    def summary(self) -> dict:
+        rows = [dict(id=nodeid, **row) for nodeid, row in self.results.items() if "points" in row]
+        return scoring.summarize(self.header(), rows, time.time() - self.started)
