@@ -61,6 +61,8 @@ FORWARD_CASES = [
     pytest.param(1, 1, 1, 70, 16, True, "fp16", None, "bhnd", id="fp16-causal-Nq1-Nk70"),
     pytest.param(2, 2, 40, 40, 32, True, "fp16", 0.3, "bnhd", id="fp16-causal-scale0.3-noncontiguous"),
     pytest.param(1, 3, 23, 71, 16, False, "fp32", 1.7, "bnhd", id="fp32-scale1.7-noncontiguous"),
+    # scores in the hundreds: exp overflows float32 past 88, so the running max must be subtracted
+    pytest.param(1, 2, 40, 70, 32, True, "fp32", 30.0, "bhnd", id="fp32-causal-large-logits-scale30"),
     pytest.param(2, 4, 1024, 1024, 128, True, "bf16", None, "bnhd", id="bf16-causal-N1024-D128", marks=gpu),
     pytest.param(1, 2, 4096, 4096, 64, True, "bf16", None, "bhnd", id="bf16-causal-N4096-D64", marks=gpu),
     pytest.param(1, 2, 8192, 8192, 128, False, "bf16", None, "bnhd", id="bf16-N8192-D128", marks=gpu),
@@ -153,6 +155,20 @@ def test_merge_partials(api, gen, device):
                              "dtype (float64 here) and lse float32")
     numerics.assert_close("merged o", o, ref_o, ref_o.float(), dtype=torch.float32)
     numerics.assert_close("merged lse", lse, ref_lse, ref_lse.float(), dtype=torch.float32)
+    # Large logits (a large sm_scale, long sequences) give lse far beyond float32's exp range (about
+    # 88): the merge must stay finite and exact for lse near +1000 and -1000 too.
+    for offset in (1000.0, -1000.0):
+        big_a, big_b = ((offset + 5 * torch.randn(lse_a.shape, generator=gen)).to(device) for _ in range(2))
+        a64, b64 = big_a.double(), big_b.double()  # the truth from exactly the float32 values given
+        ref_lse = torch.logaddexp(a64, b64)
+        ref_o = torch.exp(a64 - ref_lse)[..., None] * o_a + torch.exp(b64 - ref_lse)[..., None] * o_b
+        o, lse = api.merge_partials(o_a, big_a, o_b, big_b)
+        # The baseline is PyTorch's own float32 merge: near 1000 a float32 lse is rounded by 6e-5,
+        # and so are the weights exp(lse_x - lse) of any float32 merge.
+        lse32 = torch.logaddexp(big_a, big_b)
+        o32 = torch.exp(big_a - lse32)[..., None] * o_a.float() + torch.exp(big_b - lse32)[..., None] * o_b.float()
+        numerics.assert_close(f"merged lse (lse near {offset:+g})", lse, ref_lse, lse32, dtype=torch.float32)
+        numerics.assert_close(f"merged o (lse near {offset:+g})", o, ref_o, o32, dtype=torch.float32)
 
 
 @pytest.mark.points(1)
