@@ -162,6 +162,10 @@ class Supervisor:
             rows.update(run.rows)
             if run.rc == INTERRUPTED:
                 break
+        for nodeid in order:  # not run although nothing crashed (--collect-only, -x, an interruption)
+            if nodeid not in rows:
+                rows[nodeid] = dict({k: v for k, v in items[nodeid].items() if k != "skip"},
+                                    outcome="skipped", message="not run", duration=0.0)
         if run.rc == INTERRUPTED or not order:
             rc = run.rc
         else:
@@ -169,7 +173,10 @@ class Supervisor:
         return rc, header, {nodeid: rows[nodeid] for nodeid in order if nodeid in rows}
 
     def _crashed_row(self, item: dict, run: _Run, message: str | None = None) -> dict:
-        return dict(item, outcome="failed", message=message or _crash_message(run), duration=0.0)
+        row = {k: v for k, v in item.items() if k != "skip"}
+        if item.get("skip"):  # a tier this machine lacks: not run, crash or no crash
+            return dict(row, outcome="skipped", message=f"needs the {item['tier']} tier: {item['skip']}", duration=0.0)
+        return dict(row, outcome="failed", message=message or _crash_message(run), duration=0.0)
 
     def _settle(self, run: _Run, items: dict, rows: dict) -> None:
         """The child died in `run.running`: charge the crash to the test that caused it."""

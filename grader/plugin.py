@@ -225,8 +225,8 @@ class GradingSession:
             self.results[item.nodeid].update(
                 name=item.name.removeprefix("test_"), tier=tiers.of(item), points=_points(item))
         if self.progress:
-            items = [dict(id=item.nodeid, **{k: self.results[item.nodeid][k] for k in ("name", "tier", "points")})
-                     for item in session.items]
+            items = [dict(id=item.nodeid, **{k: self.results[item.nodeid][k] for k in ("name", "tier", "points")},
+                          skip=self.available[tiers.of(item)]) for item in session.items]
             self.progress.write(header=self.header(), items=items)
 
     def pytest_sessionfinish(self, session, exitstatus):
