@@ -83,6 +83,17 @@ def test_tiled_attention_refuses_bad_input(api, gen, device):
         assert_refuses(lambda: f(q.cpu(), k.cpu(), v.cpu()), ValueError, "q", "CPU tensors on a GPU run")
 
 
+
+@pytest.mark.points(1)
+def test_tiled_attention_attention_sink(api, gen, device):
+    """An attention sink, as trained models have: the first 64 keys score in the hundreds, the other
+    536 near 0. exp of such a score overflows float32 (past 88), so the max must be subtracted, and
+    it must be the max of the whole row: the max of any one key tile leaves exp(s - m) overflowing."""
+    q, k, v = qkv(1, 2, 20, 600, 16, torch.float32, device, gen)
+    k = k.clone()
+    k[:, :, :64] *= 100.0  # scores of std 100 on those keys, about 1 on the rest
+    check_attention(api, q, k, v, None)
+
 ### BEGIN HIDDEN TESTS
 @pytest.mark.points(1)
 def test_tiled_attention_seeded_shapes(api, gen, device):
