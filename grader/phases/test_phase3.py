@@ -171,6 +171,27 @@ def test_merge_partials(api, gen, device):
         numerics.assert_close(f"merged o (lse near {offset:+g})", o, ref_o, o32, dtype=torch.float32)
 
 
+
+@pytest.mark.points(1)
+def test_merge_partials_lopsided(api, gen, device):
+    """One chunk far heavier than the other (it holds the row's attention sink): lse_a and lse_b 200
+    apart, either way round, row by row. The lighter chunk weighs exp(-200), zero in float32; a merge
+    that subtracts one fixed side (lse_a) instead of the larger lse computes exp(+200) = inf on the way."""
+    q, k, v = qkv(1, 2, 30, 40, 16, torch.float64, device, gen)
+    o_a, lse_a = numerics.reference_attention(q, k[:, :, :20], v[:, :, :20])
+    o_b, _ = numerics.reference_attention(q, k[:, :, 20:], v[:, :, 20:])
+    side = torch.where(torch.rand(lse_a.shape, generator=gen) < 0.5, -1.0, 1.0).to(device)
+    big_a = lse_a.float()
+    big_b = big_a + 200.0 * side
+    a64, b64 = big_a.double(), big_b.double()  # the truth from exactly the float32 values given
+    ref_lse = torch.logaddexp(a64, b64)
+    ref_o = torch.exp(a64 - ref_lse)[..., None] * o_a + torch.exp(b64 - ref_lse)[..., None] * o_b
+    o, lse = api.merge_partials(o_a, big_a, o_b, big_b)
+    lse32 = torch.logaddexp(big_a, big_b)  # PyTorch's own float32 merge: the baseline
+    o32 = torch.exp(big_a - lse32)[..., None] * o_a.float() + torch.exp(big_b - lse32)[..., None] * o_b.float()
+    numerics.assert_close("merged lse (chunks 200 apart)", lse, ref_lse, lse32, dtype=torch.float32)
+    numerics.assert_close("merged o (chunks 200 apart)", o, ref_o, o32, dtype=torch.float32)
+
 @pytest.mark.points(1)
 def test_merge_partials_with_an_empty_chunk(api, gen, device):
     """A causal split: rows i < s see nothing of keys s.., whose chunk has lse = -inf there."""
