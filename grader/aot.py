@@ -34,6 +34,7 @@ class KernelSpec:
     num_warps: int = 4
     num_stages: int = 3
     label: str = ""                  # shown in the report, e.g. "fp16, BLOCK=1024"
+    archs: tuple = ARCHS             # e.g. (90,) for code that needs Hopper (tensor descriptors)
 
 
 def compile_all(phase: int, tree: str, specs: list[KernelSpec], timeout: int = 300) -> list[dict]:
@@ -69,6 +70,29 @@ def _resources(cubin: bytes) -> dict:
             "stack_bytes": int(found.get("STACK", 0))}
 
 
+def _chain_text(exc: BaseException) -> str:
+    """The messages of an exception and of its causes: Triton reports an error raised inside a
+    @triton.jit helper as the cause of an error at the call site."""
+    texts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(reversed(texts))
+
+
+def _headline(message: str) -> str:
+    """The line of a compiler error worth showing: a stub's "phase N: ..." text or Triton's own
+    message, not the caret that points into the source (the last line when the error is raised in
+    a @triton.jit function called from the kernel)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    for line in lines:
+        if re.search(r"phase \d+: ", line):
+            return line
+    meaningful = [line for line in lines if set(line) - set("^~ ")]
+    return meaningful[-1] if meaningful else ""
+
+
 def _compile_one(phase: int, spec: dict, arch: int) -> dict:
     import importlib
 
@@ -89,8 +113,7 @@ def _compile_one(phase: int, spec: dict, arch: int) -> dict:
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]})
     except Exception as exc:  # a stub's static_assert, or code the compiler rejects
-        message = str(exc).strip().splitlines()
-        result["error"] = f"{type(exc).__name__}: {message[-1] if message else ''}"
+        result["error"] = f"{type(exc).__name__}: {_headline(_chain_text(exc))}"
         result["detail"] = str(exc)[-1500:]
         return result
     result["shared_bytes"] = int(compiled.metadata.shared)
@@ -105,7 +128,7 @@ def _compile_job(job) -> dict:
 def main():
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     request = json.loads(sys.stdin.read())
-    jobs = [(request["phase"], spec, arch) for spec in request["specs"] for arch in ARCHS]
+    jobs = [(request["phase"], spec, arch) for spec in request["specs"] for arch in spec.get("archs", ARCHS)]
     # Each compile is single-threaded and takes seconds on Triton 3.6: one process per core.
     workers = min(len(jobs), os.cpu_count() or 1, 16)
     if workers <= 1:
