@@ -133,10 +133,10 @@ AUTOGRAD_CASES = [
 ]
 
 
-def _forward_backward(api, causal):
+def _forward_backward(api, causal, sm_scale=None):
     def run(q, k, v, do):
         qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
-        o = api.flash_attention(qg, kg, vg, causal=causal)
+        o = api.flash_attention(qg, kg, vg, causal=causal, sm_scale=sm_scale)
         return (o.detach(), *torch.autograd.grad(o, (qg, kg, vg), do))
     return run
 
@@ -149,6 +149,19 @@ def test_flash_attention_autograd(api, gen, device, B, H, Nq, Nk, D, causal, dty
     got = graded_call(_forward_backward(api, causal), q, k, v, do, what="flash_attention forward + backward")
     o64, _, *ref = reference_grads(q, k, v, do, causal, None)
     check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), sdpa_grads(q, k, v, do, causal, None), q.dtype)
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_flash_attention_autograd_with_scale(api, gen, device, causal):
+    """A non-default sm_scale must reach the backward as well as the forward (the cases above use the
+    default, which a backward falls back to when the scale is dropped on the way)."""
+    sm_scale = 0.3
+    q, k, v = qkv(1, 2, 24, 40, 32, torch.float32, device, gen)
+    do = randn(q.shape, torch.float32, device, gen)
+    got = graded_call(_forward_backward(api, causal, sm_scale), q, k, v, do, what="flash_attention forward + backward")
+    o64, _, *ref = reference_grads(q, k, v, do, causal, sm_scale)
+    check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), sdpa_grads(q, k, v, do, causal, sm_scale), q.dtype)
 
 
 def _tensors_in(value, depth=0):
