@@ -64,6 +64,10 @@ def patched(source: str, mutant: Mutant) -> str:
         if old == new:
             raise PatchError(f"mutant {mutant.name}: a patch that changes nothing")
         source = source.replace(old, new)
+    try:  # a mutant must be a bug in the code, not a file Python cannot read
+        compile(source, f"solutions/{mutant.file} ({mutant.name})", "exec")
+    except SyntaxError as exc:
+        raise PatchError(f"mutant {mutant.name}: the patched file is not valid Python: {exc}") from None
     return source
 
 

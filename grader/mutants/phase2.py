@@ -33,7 +33,7 @@ MUTANTS = [
            (("flash_v1_kernel[grid](q, k, v, o, sm_scale * LOG2E,", "flash_v1_kernel[grid](q, k, v, o, sm_scale,"),),
            "exp2 in the kernel but the host passes sm_scale without the log2(e) factor"),
     Mutant("p2-flash-tail-keys-unmasked", FLASH,
-           (("            qk = tl.where(start_n + offs_n[None, :] < N_K, qk, -float(\"inf\"))\n", ""),),
+           (("        if not EVEN_N:\n            qk = tl.where(start_n + offs_n[None, :] < N_K, qk, -float(\"inf\"))\n", ""),),
            "keys past N_K (loaded as 0) are not masked to -inf: each adds exp(0 - m) to l_i"),
     Mutant("p2-flash-max-not-updated", FLASH,
            (("        m_i = m_ij\n", ""),),
@@ -43,7 +43,8 @@ MUTANTS = [
            "alpha = exp2(m_new - m_old) instead of exp2(m_old - m_new)"),
     Mutant("p2-flash-stores-rows-past-nq", FLASH,
            (("acc.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < N_Q)", "acc.to(o_ptr.dtype.element_ty))"),),
-           "o stored without the row mask: rows past N_Q written past the tensor's end"),
+           "o stored without the row mask: rows past N_Q written past the tensor's end",
+           killed_by="the interpreter's bounds check (grader/bounds.py)"),
     # A block too small for tensor cores: the interpreter computes it right, the compiler refuses.
     Mutant("p2-flash-block-below-16", FLASH,
            (("CONFIGS = {16: (128, 64, 4, 3),", "CONFIGS = {16: (128, 8, 4, 3),"),),

@@ -91,13 +91,25 @@ MUTANTS = [
            "dq and dk returned in the wrong order"),
     Mutant("p4-autograd-drops-scale", AUTOGRAD,
            (("causal=ctx.causal, sm_scale=ctx.sm_scale)", "causal=ctx.causal)"),),
-           "backward called without sm_scale=: right only for the default scale"),
-    # ---------------------------------------------------------------- GPU only
+           "backward called without sm_scale=: right only for the default scale",
+           killed_by="test_flash_attention_autograd_with_scale (added: every autograd case used the default scale)"),
     Mutant("p4-autograd-hides-p", AUTOGRAD,
            (("        ctx.save_for_backward(q, k, v, o, lse)\n",
              "        from ..phase1 import tiled_scores\n"
              "        ctx.save_for_backward(q, k, v, o, lse)\n"
              "        ctx.cache = [tiled_scores(q, k, sm_scale)]  # out of sight of saved_tensors\n"),),
-           "the scores kept in the autograd context inside a list: memory grows as N^2",
+           "the scores kept in the autograd context inside a list, out of sight of saved_tensors",
+           killed_by="test_saves_no_n_by_n_tensor walking lists and objects of the context (added in bc2a858)"),
+    # ---------------------------------------------------------------- GPU only
+    # Memory that nothing in the autograd graph points to: only the GPU tier's memory test sees it.
+    Mutant("p4-autograd-caches-s-globally", AUTOGRAD,
+           (("        ctx.save_for_backward(q, k, v, o, lse)\n",
+             "        from ..phase1 import tiled_scores\n"
+             "        ctx.save_for_backward(q, k, v, o, lse)\n"
+             "        _SCORES[id(ctx)] = tiled_scores(q, k, sm_scale)  # kept \"for the backward\"\n"),
+            ("        q, k, v, o, lse = ctx.saved_tensors\n",
+             "        q, k, v, o, lse = ctx.saved_tensors\n        _SCORES.pop(id(ctx), None)\n"),
+            ("class FlashAttentionFunction(", "_SCORES = {}\n\n\nclass FlashAttentionFunction(")),
+           "the scores cached in a module-level dict between forward and backward: memory grows as N^2",
            where="gpu", tiers=("gpu",), tests="memory_grows_linearly"),
 ]
