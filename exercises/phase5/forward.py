@@ -208,13 +208,12 @@ def _arch(device) -> str:
     return f"sm_{major}{minor}"
 
 
-def choose_config(q, k, causal) -> Config:
-    if q.device.type != "cuda":
+def choose_config(device, dtype, head_dim: int, causal: bool, n_k: int) -> Config:
+    if device.type != "cuda":
         return INTERPRETER
-    if q.dtype == torch.float32:
+    if dtype == torch.float32:
         return Config(32, 32, 4, 2)  # exact float32 dots run on CUDA cores: correctness, not speed
-    key = (q.shape[-1], causal, k.shape[2] >= 8192)
-    return PINNED.get(_arch(q.device), {}).get(key, DEFAULT[q.shape[-1]])
+    return PINNED.get(_arch(device), {}).get((head_dim, causal, n_k >= 8192), DEFAULT[head_dim])
 
 
 def tma_allowed(*tensors) -> bool:
@@ -285,7 +284,7 @@ def forward(q, k, v, causal=False, sm_scale=None, config: Config | None = None,
     lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
     if autotune is None:
         autotune = os.environ.get("FA_AUTOTUNE") == "1" and q.device.type == "cuda" and config is None
-    cfg = config or choose_config(q, k, causal)
+    cfg = config or choose_config(q.device, q.dtype, D, causal, Nk)
     use_tma = (cfg.tma and tma_allowed(q, k, v, o)) if switches.tma is None else switches.tma
     if cfg.block_m % cfg.block_n:
         raise ValueError(f"config: BLOCK_M={cfg.block_m} must be a multiple of BLOCK_N={cfg.block_n}")

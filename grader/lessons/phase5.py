@@ -235,6 +235,130 @@ def tune():
     tune_backward()
 
 
+# ---------------------------------------------------------------- the lesson's tables
+NS, DS = (1024, 4096, 16384), (64, 128)
+
+
+def _flex_safe(q, k, v, causal):
+    try:
+        return flex_callables(q, k, v, causal)
+    except Exception as exc:  # noqa: BLE001 - FlexAttention missing or failing to compile: say so
+        print(f"FlexAttention unavailable: {exc}", flush=True)
+        return None
+
+
+def _with_flex(row, flex, mode):
+    from grader import timing
+
+    if flex is None or mode not in flex:
+        return row
+    flex[mode]()
+    ms = timing.median_ms(flex[mode])
+    row.update(flex_ms=ms, flex_tflops=timing.tflops(row["flops"], ms))
+    row["ratio_vs_flex"] = row["tflops"] / row["flex_tflops"]
+    return row
+
+
+def measure_kernels():
+    """Forward (bf16, fp16), backward and forward+backward (bf16) against SDPA flash, cuDNN and
+    FlexAttention, at the standard shapes."""
+    import torch
+
+    from grader import bench
+    from solutions.phase5 import flash_attention, flash_attention_backward, flash_attention_forward
+
+    rows = []
+    for D in DS:
+        for N in NS:
+            for causal in (False, True):
+                for dtype in ("bfloat16", "float16"):
+                    if _out_of_time():
+                        break
+                    q, k, v = _inputs(N, D, dtype)
+                    flex = _flex_safe(q, k, v, causal)
+                    fwd = bench.measure(lambda: flash_attention_forward(q, k, v, causal), q, k, v, causal,
+                                        mode="fwd", baselines=("flash", "cudnn"))
+                    rows.append(_with_flex(fwd, flex, "fwd"))
+                    if dtype == "bfloat16":
+                        do = torch.randn_like(q)
+                        o, lse = flash_attention_forward(q, k, v, causal)
+                        bwd = bench.measure(lambda: flash_attention_backward(do, q, k, v, o, lse, causal=causal),
+                                            q, k, v, causal, mode="bwd", baselines=("flash", "cudnn"))
+                        rows.append(_with_flex(bwd, flex, "bwd"))
+                        qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+
+                        def fwd_bwd():
+                            torch.autograd.grad(flash_attention(qg, kg, vg, causal=causal), (qg, kg, vg), do)
+                        rows.append(bench.measure(fwd_bwd, q, k, v, causal, mode="fwd_bwd",
+                                                  baselines=("flash", "cudnn")))
+                    print(" | ".join(f"{r['mode']} {r['tflops']:.0f} ({r.get('ratio_vs_cudnn', 0):.2f}x cuDNN, "
+                                     f"{r.get('ratio_vs_flex', 0):.2f}x flex)" for r in rows[-3:]),
+                          f"D={D} N={N} causal={causal} {dtype}", flush=True)
+                    common.save("phase5/kernels.json", {"rows": rows})
+    return rows
+
+
+# One switch changed at a time against the tuned kernel: (name, what it changes, config, switches).
+def ablation_variants(D, causal, N):
+    import dataclasses
+
+    import torch
+
+    from solutions.phase5.forward import Config, Switches, choose_config
+
+    tuned = choose_config(torch.device("cuda"), torch.bfloat16, D, causal, N)
+    return [
+        ("tuned", "the pinned configuration, every optimization on", tuned, Switches()),
+        ("phase 3 configuration", "BLOCK 128x64, 8 warps, 3 stages, pointers (Phase 3's choice)",
+         Config(128, 64, 8, 3, False), Switches()),
+        ("descriptors off" if tuned.tma else "descriptors on", "the other load path, same configuration",
+         tuned, Switches(tma=not tuned.tma)),
+        ("no causal split" if causal else "no tail split", "every visible key block masked" if causal else
+         "(non-causal: no effect expected)", tuned, Switches(split_causal=False)),
+        ("exp instead of exp2", "natural exp, scale not folded into log2(e)", tuned, Switches(exp2=False)),
+        ("P in float32", "second matmul on float32 P and V (TF32)", tuned, Switches(p_fp32=True)),
+        ("larger blocks", "BLOCK 128x128, 8 warps, 2 stages", Config(128, 128, 8, 2, tuned.tma), Switches()),
+        ("one more stage", f"{tuned.num_stages + 1} stages",
+         dataclasses.replace(tuned, num_stages=tuned.num_stages + 1), Switches()),
+        ("warp_specialize=True", "tl.range(warp_specialize=True) on the hot loop", tuned,
+         Switches(warp_specialize=True)),
+    ]
+
+
+ABLATION_SHAPES = ((128, 16384, False), (128, 16384, True), (64, 4096, False), (64, 4096, True))
+
+
+def measure_ablation():
+    from grader import cost
+
+    jobs = [("fwd", (N, D, causal, cfg, None, sw)) for D, N, causal in ABLATION_SHAPES
+            for _, _, cfg, sw in ablation_variants(D, causal, N)]
+    precompile(jobs)
+    rows = []
+    for D, N, causal in ABLATION_SHAPES:
+        q, k, v = _inputs(N, D)
+        flops = cost.attention_flops(*q.shape[:3], N, D, causal, "fwd")
+        for name, what, cfg, sw in ablation_variants(D, causal, N):
+            if _out_of_time():
+                break
+            row = {"D": D, "N": N, "causal": causal, "variant": name, "what": what,
+                   "config": [cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.tma]}
+            try:
+                row.update(_time(_fwd_call(N, D, causal, cfg, None, sw), flops))
+            except Exception as exc:  # noqa: BLE001 - a variant that does not compile: that is a result too
+                row["error"] = str(exc).strip().splitlines()[-1][:160]
+            rows.append(row)
+            print(f"ablation D={D} N={N} causal={causal} {name}: {row.get('tflops', float('nan')):.0f} TFLOPS "
+                  f"{row.get('error', '')}", flush=True)
+        common.save("phase5/ablation.json", {"rows": rows})
+    return rows
+
+
+def measure():
+    measure_ablation()
+    measure_kernels()
+
+
 def print_sweep_summary():
     """The best candidate per shape of each stored sweep (a short table at the end of a GPU run)."""
     fwd = common.load("phase5/tune_forward.json")
