@@ -213,3 +213,42 @@ def graded_call(fn, *args, what=None, forbid=("sdpa", "softmax", "matmul"), trit
         if not _same(named[key], before):
             raise HonestyError(f"{what} modified its input {key!r}: inputs must stay unchanged", function=what)
     return out
+
+
+def timed(fn, *inputs, what=None):
+    """`fn` (no arguments: it computes on `inputs`) checked, then wrapped for a throughput timing.
+
+    A timing calls the same function on the same tensors again and again, which a result cached by
+    pointer (`data_ptr`) would answer without computing anything. So, before the timing:
+    - one call runs under `graded_call`'s rules (its result written by a kernel during the call);
+    - the inputs then change in place (same memory, new values), and a second call must compute a
+      new result under the same rules;
+    and during the timing, every call must launch a Triton kernel.
+    """
+    what = what or "the timed call"
+    first = [t.clone() for _, t in _returned_tensors(graded_call(fn, what=what))]
+    changed = [(t, t.clone()) for t in inputs if isinstance(t, torch.Tensor) and 0 not in t.stride()]
+    cached = (f"{what} did not compute a new result after its inputs changed in place (same memory, new "
+              "values): compute the result on every call instead of keeping it by pointer")
+    try:
+        for t, _ in changed:
+            t.mul_(0.5)
+        try:
+            again = [t for _, t in _returned_tensors(graded_call(fn, what=what))]
+        except HonestyError as exc:
+            raise HonestyError(f"{cached} ({exc})", cheat=True, function=what) from None
+    finally:
+        for t, before in changed:
+            t.copy_(before)
+    if first and len(again) == len(first) and all(torch.equal(a, b) for a, b in zip(first, again)):
+        raise HonestyError(f"{cached}: it returned the same values", cheat=True, function=what)
+
+    def call():
+        with _count_triton_launches() as launches:
+            out = fn()
+        if launches.count == 0:
+            raise HonestyError(f"{what} launched no Triton kernel in a timed call: every call must compute its "
+                               "result (a result kept from an earlier call is not a measurement)",
+                               cheat=True, function=what)
+        return out
+    return call

@@ -24,7 +24,7 @@ def _zero_cheats(rows: list[dict]) -> list[dict]:
     modules: dict[str, str] = {}
     for row in rows:
         modules.update(row.get("functions", {}))
-        for cheat in row.get("cheats", []):
+        for cheat in reversed(row.get("cheats", [])):  # the last is the most specific (re-raised with context)
             for function in _cheat_functions(row, cheat):
                 caught.setdefault(function, {"function": function, "reason": cheat["reason"], "test": row["name"]})
     if not caught:
