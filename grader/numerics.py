@@ -7,6 +7,7 @@ keeps the rule meaningful where PyTorch happens to be almost exact. gradcheck is
 probes finite differences in float64, which says nothing about a kernel's float16 rounding.
 """
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from grader import runtime
 
@@ -23,18 +24,32 @@ def absolute_floor(dtype: torch.dtype) -> float:
     return {torch.float16: 1e-4, torch.bfloat16: 1e-3}[dtype]
 
 
-def reference_attention(q, k, v, causal=False, sm_scale=None):
-    """(o, lse) in float64: softmax(q k^T * sm_scale) v, with SDPA's top-left causal mask."""
-    q, k, v = (t.to(torch.float64) for t in (q, k, v))
+def causal_visible(n_q: int, n_k: int, device) -> torch.Tensor:
+    """(n_q, n_k) booleans, True where query i may see key j under SDPA's top-left mask: j <= i."""
+    return torch.arange(n_k, device=device)[None, :] <= torch.arange(n_q, device=device)[:, None]
+
+
+def scores_logsumexp(q, k, causal=False, sm_scale=None):
+    """logsumexp over the keys of the scaled scores (masked when causal), in q's dtype: the lse that
+    Phase 3 returns, computed by PyTorch (a baseline in float32, the truth in float64)."""
     sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
-    s = torch.matmul(q, k.transpose(-2, -1)) * sm_scale
+    scores = torch.einsum("...id,...jd->...ij", q, k) * sm_scale
     if causal:
-        n_q, n_k = q.shape[-2], k.shape[-2]
-        above_diagonal = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).triu(1)
-        s = s.masked_fill(above_diagonal, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
-    p = torch.exp(s - lse[..., None])
-    return torch.matmul(p, v), lse
+        scores = scores.where(causal_visible(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    return torch.special.logsumexp(scores, dim=-1)
+
+
+def reference_attention(q, k, v, causal=False, sm_scale=None):
+    """(o, lse) in float64, with SDPA's semantics (top-left causal mask).
+
+    o is SDPA's math backend run in float64 (plain ATen operations, differentiable, on any device);
+    lse comes from `scores_logsumexp`. `grader/tests/test_numerics.py` checks both once against the
+    explicit formula softmax(q k^T * sm_scale) v.
+    """
+    q, k, v = (t.to(torch.float64) for t in (q, k, v))
+    with sdpa_kernel(SDPBackend.MATH):
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=sm_scale)
+    return o, scores_logsumexp(q, k, causal, sm_scale)
 
 
 def sdpa(q, k, v, causal=False, sm_scale=None):
