@@ -158,6 +158,9 @@ class Supervisor:
                 pending = [t for t in order if t not in rows]
             if not pending:
                 break
+            last = run.running or (run.order[-1] if run.order else None)
+            print(f"\n[grader] the grading process died in {items[last]['name'] if last in items else 'a test'}: "
+                  f"the remaining {len(pending)} test(s) run in a fresh process", flush=True)
             run = self.child(pending)
             rows.update(run.rows)
             if run.rc == INTERRUPTED:

@@ -44,7 +44,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "tier(name): compile, gpu or throughput (default: correctness)")
     if runtime.interpreting():
         bounds.install()  # an unmasked store is named, instead of corrupting the heap
-    if os.environ.get("FA_CRASH_LOG") and config.getoption("progress"):
+    if os.environ.get("FA_CRASH_LOG") and config.getoption("progress") and not config.getoption("warm_shard"):
         # grader.isolation reads the Python traceback of a crash here, to name the kernel line
         import faulthandler
 

@@ -1,5 +1,7 @@
 """A kernel that crashes the process costs only its own test: the table and the report are still
 written, every other test runs and scores, and the crash is charged to the test that caused it."""
+import re
+
 from grader.tests import submissions
 
 LAUNCH_AND_RETURN = """    softmax_kernel[(rows.shape[0],)](rows, y, n_cols, rows.stride(0), y.stride(0),
@@ -58,4 +60,21 @@ def test_a_submission_that_crashes_on_import_scores_zero_without_a_process_per_t
     ran = [r for r in rows.values() if r["outcome"] != "skipped"]
     assert all(r["outcome"] == "failed" and "crashed" in r["message"] for r in ran), ran
     assert any(r["outcome"] == "skipped" for r in rows.values())  # tiers this machine lacks stay "not run"
-    assert proc.stdout.count("deselected") <= 1  # one child process after the first, not one per test
+    assert len(re.findall(r" in [\d.]+s$", proc.stdout, re.M)) <= 1  # one child process, not one per test
+
+
+def test_after_a_gpu_memory_fault_the_rest_runs_in_a_fresh_process(tmp_path):
+    # On a GPU an out-of-bounds access surfaces as a sticky CUDA error: every later CUDA call of the
+    # process fails. Simulated here: from the case of 7 columns on, every call raises CUDA's error.
+    folder = submissions.make(tmp_path, "gpu-fault", edits=_softmax_then(
+        "    global _FAULT\n"
+        "    if n_cols == 7 or globals().get('_FAULT'):\n"
+        "        _FAULT = True\n"
+        "        raise RuntimeError('CUDA error: an illegal memory access was encountered')"))
+    proc, report, rows = submissions.grade(folder, 0, "-k", "softmax")
+    assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    message = rows["softmax[fp32-3x7]"]["message"]
+    assert message.startswith("the GPU reported a memory fault in `softmax_kernel`"), message
+    failed = [name for name, o in _outcomes(rows).items() if o == "failed"]
+    assert failed == ["softmax[fp32-3x7]"], failed  # the later tests ran in a fresh process
+    assert "in a fresh process" in proc.stdout
