@@ -28,7 +28,9 @@ def shard_count(n_items: int) -> int:
         return max(0, int(forced))
     if not runtime.has_cuda() or n_items < 4:
         return 0
-    return max(0, min(8, (os.cpu_count() or 2) // 2, n_items // 2))
+    # Compiling is single-threaded CPU work: one shard per core but two (left for the driver and the
+    # GPU tests' own launches), three tests a shard at least (each shard pays torch's import).
+    return max(0, min(16, (os.cpu_count() or 2) - 2, n_items // 3))
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:

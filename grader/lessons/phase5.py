@@ -192,7 +192,10 @@ def flex_callables(q, k, v, causal):
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    flex = torch.compile(flex_attention, dynamic=False)
+    # A fresh compile per shape and dtype: past dynamo's recompile limit (8) torch.compile falls back
+    # to running flex_attention eagerly, a dense N x N computation that is slow and runs out of memory.
+    torch._dynamo.reset()
+    flex = torch.compile(flex_attention, dynamic=False, fullgraph=True)
     mask = None
     if causal:
         mask = create_block_mask(lambda b, h, i, j: i >= j, None, None, q.shape[2], k.shape[2], device="cuda")
