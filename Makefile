@@ -7,9 +7,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 TORCH_SPEC ?= torch
 IMPL ?= exercises
-PHASES := $(sort $(patsubst solutions/phase%,%,$(wildcard solutions/phase[0-9]*)))
-ifeq ($(PHASES),)  # a student copy (make release) has no solutions/
-PHASES := $(sort $(patsubst exercises/phase%,%,$(wildcard exercises/phase[0-9]*)))
+# The phases this tree has (PHASES, given on the command line, selects some for release and mutants).
+COURSE_PHASES := $(sort $(patsubst solutions/phase%,%,$(wildcard solutions/phase[0-9]*)))
+ifeq ($(COURSE_PHASES),)  # a student copy (make release) has no solutions/
+COURSE_PHASES := $(sort $(patsubst exercises/phase%,%,$(wildcard exercises/phase[0-9]*)))
 endif
 
 ifeq ($(shell python3 -c 'import torch, triton, pytest, numpy' >/dev/null 2>&1 && echo yes),yes)
@@ -21,8 +22,8 @@ SETUP := $(VENV)/.installed
 endif
 
 ifneq ($(filter grade grade-all,$(MAKECMDGOALS)),)
-ifeq ($(filter $(PHASE),$(PHASES)),)
-$(error PHASE must be one of: $(PHASES) -- e.g. make grade PHASE=0 [IMPL=exercises|solutions])
+ifeq ($(filter $(PHASE),$(COURSE_PHASES)),)
+$(error PHASE must be one of: $(COURSE_PHASES) -- e.g. make grade PHASE=0 [IMPL=exercises|solutions])
 endif
 ifeq ($(filter $(IMPL),exercises solutions),)
 ifeq ($(wildcard $(IMPL)/phase$(PHASE)/.),)
@@ -31,7 +32,7 @@ endif
 endif
 endif
 
-.PHONY: help grade check-solutions test exercises measure figures lint clean release nbgrader grade-all
+.PHONY: help grade check-solutions test mutants exercises measure figures lint clean release nbgrader grade-all
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -42,16 +43,20 @@ grade: $(SETUP) ## grade one phase: PHASE=N [IMPL=exercises|solutions|a submissi
 check-solutions: $(SETUP) ## every phase both ways: solutions get full marks, untouched stubs zero
 	@$(PY) -m grader check-solutions
 
-test: $(SETUP) ## everything CI runs: stale-exercises check, check-solutions, the course's own tests
+test: $(SETUP) ## everything CI runs: stale-exercises check, check-solutions, the mutation suite, the course's own tests
 	$(PY) -m grader.generate --check
 	$(PY) -m grader check-solutions
+	$(PY) -m grader.mutants
 	$(PY) -m pytest grader/tests -q
+
+mutants: $(SETUP) ## grade realistic bugs planted in copies of solutions/: each must lose points [PHASES=0-2 RECORD=1]
+	$(PY) -m grader.mutants $(if $(PHASES),--phases $(PHASES),) $(if $(RECORD),--record,)
 
 exercises: $(SETUP) ## regenerate exercises/ from solutions/ (edited files are kept unless FORCE=1)
 	$(PY) -m grader.generate $(if $(FORCE),--force,)
 
 measure: $(SETUP) ## GPU only: run the lessons' measurements [PHASE=N] (device ceilings, kernels vs SDPA) into assets/
-	$(PY) -m grader.measure $(if $(PHASE),phase$(PHASE),$(PHASES:%=phase%))
+	$(PY) -m grader.measure $(if $(PHASE),phase$(PHASE),$(COURSE_PHASES:%=phase%))
 
 figures: $(SETUP) ## redraw the plots and tables of lessons and README from the data in assets/
 	$(PY) -m grader.figures
@@ -59,12 +64,12 @@ figures: $(SETUP) ## redraw the plots and tables of lessons and README from the 
 lint: $(SETUP) ## ruff over the course's code
 	$(PY) -m ruff check grader solutions
 
-release: ## write the student copy (no solutions/, hidden tests stripped) to build/release/ and build/release.tar.gz
-	python3 -m grader.release
+release: ## write the student copy (no solutions/, hidden tests stripped) to build/release/ and build/release.tar.gz [PHASES=0-2]
+	python3 -m grader.release $(if $(PHASES),--phases $(PHASES),)
 
-nbgrader: $(SETUP) ## write an nbgrader course, one assignment per phase, to build/nbgrader/ [NBGRADER_DIR=dir]
+nbgrader: $(SETUP) ## write an nbgrader course, one assignment per phase, to build/nbgrader/ [PHASES=0-2 NBGRADER_DIR=dir]
 	@$(PY) -c 'import nbgrader' 2>/dev/null || $(PY) -m pip install -q -e ".[nbgrader]"
-	$(PY) -m grader.nbgrade $(if $(NBGRADER_DIR),--out $(NBGRADER_DIR),)
+	$(PY) -m grader.nbgrade $(if $(PHASES),--phases $(PHASES),) $(if $(NBGRADER_DIR),--out $(NBGRADER_DIR),)
 
 grade-all: $(SETUP) ## grade every submission: SUBMISSIONS=DIR PHASE=N [TIMEOUT=s JOBS=j] -> gradebook CSV
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade-all SUBMISSIONS=DIR PHASE=N (one folder per submission, shaped like exercises/)"; exit 2; }

@@ -18,7 +18,10 @@ Points count the tests that run on the machine that autogrades (`--target cpu`: 
 compile tiers; `--target gpu`: all tiers; default: this machine's). A cell's score is its share of
 the grader's points that ran, so a notebook made for one target still scores 0..max on the other.
 
-    python -m grader.nbgrade [--out build/nbgrader] [--phases 0,1] [--target cpu|gpu] [--no-generate]
+The student version of each assignment (release/phaseN/) is checked like `make release`: no line of an
+answer of phase N or of an earlier phase it includes may appear in it.
+
+    python -m grader.nbgrade [--out build/nbgrader] [--phases 0-2] [--target cpu|gpu] [--no-generate]
 """
 import argparse
 import ast
@@ -30,12 +33,12 @@ import sys
 from pathlib import Path
 
 from grader.impl import ROOT, phases
-from grader.release import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, strip_hidden_tests
+from grader.release import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, leaks, parse_phases, strip_hidden_tests
 
 COURSE_ID = "flashattention-from-scratch"
 TARGET_TIERS = {"cpu": {"correctness", "compile"}, "gpu": {"correctness", "compile", "gpu", "throughput"}}
 # grader/ files the notebooks do not need (instructor tools, the course's tests, the lessons' scripts)
-NOT_SHIPPED = ("tests", "lessons", "release.py", "nbgrade.py", "grade_all.py", "measure.py", "figures.py")
+NOT_SHIPPED = ("tests", "lessons", "release.py", "nbgrade.py", "grade_all.py", "measure.py", "figures.py", "mutants")
 SETUP_CELL = """\
 # Set-up (read-only): the course's grader, and Triton's interpreter when there is no GPU.
 # Run it first, and again after restarting the kernel.
@@ -301,14 +304,21 @@ def build(out: Path, selected: list[int], target: str, generate: bool = True) ->
                                    "--force"], cwd=out, capture_output=True, text=True, env=tool_env(), check=False)
             if proc.returncode != 0:
                 raise RuntimeError(f"nbgrader generate_assignment phase{phase} failed:\n{proc.stderr[-3000:]}")
-            print(f"release/phase{phase}/: the student version (nbgrader generate_assignment)", flush=True)
+            # The student version holds this phase and the earlier phases it imports: none of their
+            # answers may show anywhere in it (a later module's scaffolding included).
+            included = sorted({int(rel.split("/")[0].removeprefix("phase")) for rel in needed_modules(phase)})
+            problems = leaks(out / "release" / f"phase{phase}", ROOT, included)
+            if problems:
+                raise RuntimeError(f"release/phase{phase} would leak answers:\n  " + "\n  ".join(problems[:30]))
+            print(f"release/phase{phase}/: the student version (nbgrader generate_assignment), checked: no line "
+                  f"of an answer of phase(s) {', '.join(map(str, included))}", flush=True)
     return totals
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grader.nbgrade", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(ROOT / "build" / "nbgrader"))
-    parser.add_argument("--phases", default=None, help="comma-separated (default: every phase)")
+    parser.add_argument("--phases", default=None, help="e.g. 0-2 or 0,3: one assignment each (default: every phase)")
     parser.add_argument("--target", choices=sorted(TARGET_TIERS), default=None,
                         help="the autograding machine: cpu (interpreter and compile tiers) or gpu (all tiers)")
     parser.add_argument("--no-generate", action="store_true", help="skip `nbgrader generate_assignment`")
@@ -317,7 +327,11 @@ def main(argv=None) -> int:
     if args.collect is not None:
         print(json.dumps(_collect_here(args.collect)))
         return 0
-    selected = phases() if not args.phases else [int(p) for p in args.phases.split(",")]
+    try:
+        selected = parse_phases(args.phases, phases())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.target is None:
         from grader import runtime
 

@@ -4,10 +4,14 @@ It holds the lessons and the exercises (exercises/), the grader (grader/, withou
 tests and the instructor tools), the figures (assets/), the Makefile (without the instructor verbs),
 pyproject.toml and the README; it has no solutions/, and every `### BEGIN HIDDEN TESTS` ...
 `### END HIDDEN TESTS` block is cut out of the grader, as nbgrader does with its hidden tests.
-Before it writes the archive it checks its own work: no line of any solution region and no line
-of any hidden test may appear in any file of the copy (`leaks`).
 
-    python -m grader.release [--out build/release] [--archive build/release.tar.gz]
+A course is released phase by phase (`--phases 0-2`: the exercises, graders and figures of those
+phases only; by default every phase). Before it writes the archive it checks its own work, for the
+phases it holds (`leaks`): no line of any of their solution regions and no line of a hidden test may
+appear in any file of the copy. A later phase's scaffolding that repeats an earlier phase's answer
+counts as a leak when both phases are released together.
+
+    python -m grader.release [--phases 0-2] [--out build/release] [--archive build/release.tar.gz]
 """
 import argparse
 import re
@@ -29,9 +33,9 @@ TOP_DIRS = ("exercises", "grader", "assets")
 # grader/lessons/ holds the measurement scripts behind the lessons' tables, and Phase 4's includes a
 # working atomic-dQ backward kernel (a near answer): students get the tables, not the scripts.
 GRADER_EXCLUDED = ("tests", "release.py", "nbgrade.py", "grade_all.py", "notebook.py", "lessons", "measure.py",
-                   "figures.py")
+                   "figures.py", "mutants")
 # Makefile verbs that need solutions/ or exist for instructors; the release's Makefile drops them.
-INSTRUCTOR_TARGETS = ("check-solutions", "test", "exercises", "measure", "figures", "lint", "release",
+INSTRUCTOR_TARGETS = ("check-solutions", "test", "mutants", "exercises", "measure", "figures", "lint", "release",
                       "nbgrader", "grade-all")
 SKIP_PARTS = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints")
 
@@ -78,48 +82,184 @@ def region_lines(text: str, begin: str, end: str) -> tuple[list[str], list[str]]
     return inside, outside
 
 
+# A block header on one flag (`if CAUSAL:`, `if not EVEN_N:`) is syntax that any kernel of the course
+# has, not an answer.
+FLAG_HEADER = re.compile(r"^(if|elif|while)( not)? [A-Za-z_][A-Za-z0-9_]*:$")
+
+
 def _meaningful(line: str) -> bool:
     """Lines long enough to be an answer rather than syntax (`else:`, `)`, `return o`, blank)."""
-    return len(line) >= 10 and re.search(r"[A-Za-z0-9]", line) is not None
+    return len(line) >= 10 and re.search(r"[A-Za-z0-9]", line) is not None and not FLAG_HEADER.match(line)
 
 
-def secret_lines(root: Path = ROOT) -> dict[str, str]:
-    """Every line a student copy must not contain -> where it comes from.
+def course_phases(root: Path = ROOT) -> list[int]:
+    """The phases of solutions/ (phaseN folders), in order."""
+    return sorted(int(p.name[len("phase"):]) for p in (root / "solutions").glob("phase*")
+                  if p.is_dir() and p.name[len("phase"):].isdigit())
 
-    The lines of solution regions in solutions/ and of hidden-test blocks in grader/, except those
-    that also appear outside such regions (in the same tree), which a student sees anyway.
+
+def parse_phases(spec: str | None, available: list[int]) -> list[int]:
+    """`0-2`, `0,3`, `1-2,4` or None (every phase) -> sorted phase numbers; ValueError names a bad one."""
+    if not spec:
+        return list(available)
+    chosen = set()
+    for part in spec.replace(" ", "").split(","):
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"PHASES must look like 0-2 or 0,3, not {spec!r}")
+        chosen.update(range(int(low), int(high or low) + 1))
+    unknown = sorted(chosen - set(available))
+    if unknown:
+        raise ValueError(f"no phase {', '.join(map(str, unknown))}: the course has {', '.join(map(str, available))}")
+    return sorted(chosen)
+
+
+def imported_phases(phase: int, root: Path = ROOT) -> set[int]:
+    """Earlier phases that phase `phase` imports (`from ..phase0.checks import ...`)."""
+    found = set()
+    for path in (root / "solutions" / f"phase{phase}").glob("*.py"):
+        found.update(int(n) for n in re.findall(r"from \.\.phase(\d+)", path.read_text()))
+    return found - {phase}
+
+
+def _phase_of(path: Path, tree: Path) -> int | None:
+    first = path.relative_to(tree).parts[0]
+    return int(first[len("phase"):]) if first.startswith("phase") and first[len("phase"):].isdigit() else None
+
+
+def secret_lines(root: Path = ROOT, phases: list[int] | None = None) -> dict[str, str]:
+    """Every line a copy holding `phases` (default: every phase) must not contain -> where it comes from.
+
+    - The lines of the solution regions of those phases, except a line that also stands outside
+      the solution regions of the same phase or an earlier one: the student has that line in front
+      of them anyway. A line that only a *later* phase shows as scaffolding stays secret: released
+      together, the later stub would give the earlier answer away.
+    - The lines of hidden-test blocks in grader/, except those that also appear outside such blocks.
     """
-    secrets, public = {}, set()
-    for tree, begin, end in (("solutions", BEGIN_SOLUTION, END_SOLUTION), ("grader", BEGIN_HIDDEN, END_HIDDEN)):
-        for path in sorted((root / tree).rglob("*.py")):
-            if any(part in SKIP_PARTS for part in path.parts):
-                continue
-            inside, outside = region_lines(path.read_text(), begin, end)
-            public.update(outside)
+    phases = course_phases(root) if phases is None else phases
+    solutions = root / "solutions"
+    inside_by_phase: dict[int, dict[str, str]] = {}
+    outside_by_phase: dict[int | None, set[str]] = {}
+    for path in sorted(solutions.rglob("*.py")):
+        if any(part in SKIP_PARTS for part in path.parts):
+            continue
+        phase = _phase_of(path, solutions)
+        inside, outside = region_lines(path.read_text(), BEGIN_SOLUTION, END_SOLUTION)
+        outside_by_phase.setdefault(phase, set()).update(outside)
+        if phase is not None:
             for line in inside:
                 if _meaningful(line):
-                    secrets.setdefault(line, f"{path.relative_to(root)}")
-    return {line: where for line, where in secrets.items() if line not in public}
+                    inside_by_phase.setdefault(phase, {}).setdefault(line, str(path.relative_to(root)))
+    secrets = {}
+    for phase in phases:
+        seen = set(outside_by_phase.get(None, set())).union(
+            *(lines for p, lines in outside_by_phase.items() if p is not None and p <= phase))
+        for line, where in inside_by_phase.get(phase, {}).items():
+            if line not in seen:
+                secrets.setdefault(line, where)
+    hidden, public = {}, set()
+    for path in sorted((root / "grader").rglob("*.py")):
+        if any(part in SKIP_PARTS for part in path.parts):
+            continue
+        inside, outside = region_lines(path.read_text(), BEGIN_HIDDEN, END_HIDDEN)
+        public.update(outside)
+        for line in inside:
+            if _meaningful(line):
+                hidden.setdefault(line, str(path.relative_to(root)))
+    secrets.update({line: where for line, where in hidden.items() if line not in public and line not in secrets})
+    return secrets
 
 
-def leaks(release: Path, root: Path = ROOT) -> list[str]:
-    """Problems of a student copy: solutions/ present, markers left, secret lines found."""
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def _statements(lines: list[str]) -> list[tuple[int, str]]:
+    """(index of the first line, the lines joined) of each statement spanning several lines: a line
+    whose brackets stay open continues on the next. Comments are dropped (roughly: `#` to the end)."""
+    found, parts, start, depth = [], [], 0, 0
+    for i, line in enumerate(lines):
+        code = line.split("#", 1)[0].strip()
+        if not parts:
+            start = i
+        parts.append(code)
+        depth += sum(code.count(c) for c in "([{") - sum(code.count(c) for c in ")]}")
+        if depth <= 0:
+            if len(parts) > 1:
+                found.append((start, " ".join(parts)))
+            parts, depth = [], 0
+    return found
+
+
+def secret_statements(root: Path = ROOT, phases: list[int] | None = None) -> dict[str, str]:
+    """The answers' statements that span several lines, whitespace removed -> where they come from:
+    a lesson that quotes one on a single line (or re-wrapped) is caught too. Exempt as in
+    `secret_lines`: a statement that also stands outside the regions of the same or an earlier phase."""
+    phases = course_phases(root) if phases is None else phases
+    solutions = root / "solutions"
+    inside_by_phase: dict[int, dict[str, str]] = {}
+    outside_by_phase: dict[int | None, set[str]] = {}
+    for path in sorted(solutions.rglob("*.py")):
+        if any(part in SKIP_PARTS for part in path.parts):
+            continue
+        phase = _phase_of(path, solutions)
+        inside, outside = region_lines(path.read_text(), BEGIN_SOLUTION, END_SOLUTION)
+        outside_by_phase.setdefault(phase, set()).update(_squash(st) for _, st in _statements(outside))
+        if phase is not None:
+            for _, statement in _statements(inside):
+                inside_by_phase.setdefault(phase, {}).setdefault(_squash(statement), str(path.relative_to(root)))
+    secrets = {}
+    for phase in phases:
+        seen = set(outside_by_phase.get(None, set())).union(
+            *(st for p, st in outside_by_phase.items() if p is not None and p <= phase))
+        secrets.update({st: where for st, where in inside_by_phase.get(phase, {}).items() if st not in seen})
+    return secrets
+
+
+def _text_lines(path: Path) -> list[str] | None:
+    """The lines a reader sees in a file (a notebook's cell sources), or None for a binary file."""
+    try:
+        text = path.read_text()
+    except (UnicodeDecodeError, ValueError):
+        return None  # figures and other binary files
+    if path.suffix == ".ipynb":
+        import json
+
+        try:
+            cells = json.loads(text).get("cells", [])
+        except ValueError:
+            return text.splitlines()
+        return [line for cell in cells for line in "".join(cell.get("source", "")).splitlines()]
+    return text.splitlines()
+
+
+def leaks(release: Path, root: Path = ROOT, phases: list[int] | None = None) -> list[str]:
+    """Problems of a student copy holding `phases` (default every phase): solutions/ present,
+    markers left, secret lines found."""
     problems = []
     if (release / "solutions").exists():
         problems.append("solutions/ is in the release")
-    secrets = secret_lines(root)
+    secrets = secret_lines(root, phases)
+    statements = secret_statements(root, phases)
     for path in sorted(p for p in release.rglob("*") if p.is_file()):
-        try:
-            text = path.read_text()
-        except (UnicodeDecodeError, ValueError):
-            continue  # figures and other binary files
+        lines = _text_lines(path)
+        if lines is None:
+            continue
         rel = path.relative_to(release)
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(lines, 1):
             mark = line.strip()
             if mark in (BEGIN_SOLUTION, END_SOLUTION, BEGIN_HIDDEN, END_HIDDEN):
                 problems.append(f"{rel}:{n}: marker {mark!r} left in the release")
             elif mark in secrets:
                 problems.append(f"{rel}:{n}: a line of {secrets[mark]} that students must not see: {mark[:80]!r}")
+            elif _squash(mark.split("#", 1)[0]) in statements:
+                where = statements[_squash(mark.split("#", 1)[0])]
+                problems.append(f"{rel}:{n}: a statement of {where}, on one line, that students must not see: "
+                                f"{mark[:80]!r}")
+        for start, statement in _statements([line.strip() for line in lines]):
+            if _squash(statement) in statements and not any(p.startswith(f"{rel}:{start + 1}:") for p in problems):
+                problems.append(f"{rel}:{start + 1}: a statement of {statements[_squash(statement)]} that students "
+                                f"must not see: {statement[:80]!r}")
     return problems
 
 
@@ -142,10 +282,23 @@ def release_makefile(text: str) -> str:
     return "".join(out)
 
 
-def _copy_tree(src: Path, dst: Path, exclude_top: tuple[str, ...] = ()) -> None:
+def _unreleased(rel: Path, phases: list[int]) -> bool:
+    """Does this path (relative to exercises/, grader/ or assets/) belong to a phase not released?
+    Phase folders (`phase3/`), phase graders (`phases/test_phase3.py`) and phase reports
+    (`reports/phase3-...`) belong to their phase."""
+    for part in rel.parts:
+        found = re.match(r"^(?:test_)?phase(\d+)(?:$|[-_.])", part)
+        if found:
+            return int(found.group(1)) not in phases
+    return False
+
+
+def _copy_tree(src: Path, dst: Path, exclude_top: tuple[str, ...] = (), phases: list[int] | None = None) -> None:
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
         if any(part in SKIP_PARTS for part in rel.parts) or rel.parts[0] in exclude_top or path.suffix == ".pyc":
+            continue
+        if phases is not None and _unreleased(rel, phases):
             continue
         target = dst / rel
         if path.is_dir():
@@ -158,10 +311,15 @@ def _copy_tree(src: Path, dst: Path, exclude_top: tuple[str, ...] = ()) -> None:
                 shutil.copy2(path, target)
 
 
-def build(out: Path, archive: Path | None = None, root: Path = ROOT) -> list[str]:
-    """Write the student copy to `out` (replacing it) and, when it is clean, `archive`."""
+def build(out: Path, archive: Path | None = None, root: Path = ROOT, phases: list[int] | None = None) -> list[str]:
+    """Write the student copy of `phases` (default: every phase) to `out` (replacing it) and, when
+    it is clean, `archive`."""
     if out.resolve() == root.resolve() or root.resolve().is_relative_to(out.resolve()):
         raise ReleaseError(f"refusing to replace {out}: it holds the course itself")
+    if phases is not None:
+        missing = sorted({dep for p in phases for dep in imported_phases(p, root)} - set(phases))
+        if missing:
+            raise ReleaseError(f"phases {phases} import phase(s) {missing}, which must be released with them")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -171,8 +329,8 @@ def build(out: Path, archive: Path | None = None, root: Path = ROOT) -> list[str
             (out / name).write_text(release_makefile(text) if name == "Makefile" else text)
     for name in TOP_DIRS:
         if (root / name).is_dir():
-            _copy_tree(root / name, out / name, GRADER_EXCLUDED if name == "grader" else ())
-    problems = leaks(out, root)
+            _copy_tree(root / name, out / name, GRADER_EXCLUDED if name == "grader" else (), phases)
+    problems = leaks(out, root, phases)
     if problems:
         raise ReleaseError("the student copy would leak answers:\n  " + "\n  ".join(problems[:30]))
     if archive is not None:
@@ -186,14 +344,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grader.release", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(ROOT / "build" / "release"))
     parser.add_argument("--archive", default=str(ROOT / "build" / "release.tar.gz"))
+    parser.add_argument("--phases", default=None, help="the phases to release, e.g. 0-2 or 0,1,3 (default: every phase)")
     args = parser.parse_args(argv)
     try:
-        files = build(Path(args.out), Path(args.archive))
-    except ReleaseError as exc:
+        phases = None if not args.phases else parse_phases(args.phases, course_phases())
+        files = build(Path(args.out), Path(args.archive), phases=phases)
+    except (ReleaseError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if "leak" in str(exc) and not args.phases:
+            print("  (a later phase's stub may repeat an earlier phase's answer: release phase by phase, "
+                  "e.g. make release PHASES=0-2)", file=sys.stderr)
         return 1
-    print(f"student copy: {args.out} ({len(files)} files) and {args.archive}")
-    print("  no solutions/, hidden tests stripped, checked: no line of a solution region or hidden test in it")
+    which = "every phase" if phases is None else "phases " + ", ".join(map(str, phases))
+    print(f"student copy of {which}: {args.out} ({len(files)} files) and {args.archive}")
+    print("  no solutions/, hidden tests stripped, checked: no line of a released phase's solution region "
+          "or of a hidden test in it")
     print(f"  try it: cd {args.out} && make grade PHASE=0")
     return 0
 

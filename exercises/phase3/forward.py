@@ -68,9 +68,8 @@ def _attn_fwd(Q, K, V, O, LSE, sm_scale,
     k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
     v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    # TODO(phase 3): the online softmax's running state, all float32: m_i and l_i per query row (m_i in log2 units), acc (BLOCK_M, HEAD_DIM); start them so that the first key block needs no special case
+    tl.static_assert(False, "phase 3: the online softmax's running state, all float32: m_i and l_i per query row (m_i in log2 units), acc (BLOCK_M, HEAD_DIM); start them so that the first key block needs no special case")
     qk_scale = sm_scale * 1.4426950408889634  # log2(e): scores in log2 units, so exp2 does exp
 
     # TODO(phase 3): the key range of this query block: end (non-causal: N_K; causal: keys up to the block's last row, capped at N_K) and full, the end of the whole BLOCK_N blocks that need no mask (causal: up to the block's first row; both: a multiple of BLOCK_N not past end)

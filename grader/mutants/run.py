@@ -31,6 +31,7 @@ from pathlib import Path
 from grader import runtime
 from grader.impl import ROOT
 from grader.mutants import Mutant, PatchError, build_copy, catalogue, check_catalogue
+from grader.release import course_phases, parse_phases
 
 WORK = ROOT / "build" / "mutants"
 TIMEOUT = 900  # seconds for one grading process; the slowest (Phase 4 with training) needs about 30
@@ -185,14 +186,18 @@ def run(mutants: list[Mutant], jobs: int, timeout: int) -> tuple[dict, bool]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grader.mutants", description=__doc__.split("\n")[0])
-    parser.add_argument("--phases", default=None, help="comma-separated phases (default: all)")
+    parser.add_argument("--phases", default=None, help="e.g. 0-2 or 0,3 (default: every phase with mutants)")
     parser.add_argument("--only", default=None, help="comma-separated mutant names")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--timeout", type=int, default=TIMEOUT)
     parser.add_argument("--record", action="store_true", help="also write assets/mutants/<cpu|gpu>.json")
     parser.add_argument("--list", action="store_true", help="print the catalogue and exit")
     args = parser.parse_args(argv)
-    phases = None if args.phases is None else {int(p) for p in args.phases.split(",")}
+    try:
+        phases = None if args.phases is None else set(parse_phases(args.phases, course_phases()))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     mutants = catalogue(phases)
     if args.only:
         wanted = set(args.only.split(","))
