@@ -40,6 +40,30 @@ def grade(phase: int, tree: str, extra: list[str], report: str | None = None,
     return isolation.run(args, report)
 
 
+def benchmark(phase: int, tree: str, extra: list[str]) -> int:
+    """pytest-benchmark over the phase's kernels (GPU only), saved and compared with the last run."""
+    import pytest
+
+    from grader import runtime
+
+    if not runtime.has_cuda():
+        print("error: make bench times kernels on a CUDA GPU; without one, `make grade` checks correctness",
+              file=sys.stderr)
+        return 2
+    if phase == 0:
+        print("error: phase 0 has no attention kernel to benchmark; its softmax is timed by `make grade`",
+              file=sys.stderr)
+        return 2
+    os.environ["FA_IMPL"] = tree if tree in TREES else str(Path(tree).resolve())
+    os.environ["FA_BENCH_PHASE"] = str(phase)
+    storage = ROOT / ".benchmarks" / f"phase{phase}-{Path(tree).name}"
+    args = [str(ROOT / "grader" / "benchmarks.py"), "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
+            "--benchmark-timer=grader.timing.cuda_event_clock", "--benchmark-autosave",
+            f"--benchmark-storage=file://{storage}", "--benchmark-compare",
+            "--benchmark-columns=min,median,iqr,rounds", "--benchmark-sort=name", *extra]
+    return int(pytest.main(args))
+
+
 def check_solutions(selected: list[int]) -> int:
     """Both directions for every phase: the reference gets full marks, the stubs get zero."""
     problems = []
@@ -91,6 +115,9 @@ def main(argv=None) -> int:
     g.add_argument("--report", default=None)
     g.add_argument("--tests", action="append", default=None,
                    help="grade with these test files or node ids instead of the phase's grader")
+    b = sub.add_parser("bench", help="GPU: pytest-benchmark over one phase's kernels, compared with the last run")
+    b.add_argument("--phase", required=True, type=int)
+    b.add_argument("--impl", default="exercises")
     c = sub.add_parser("check-solutions", help="solutions pass and stubs fail, for every phase")
     c.add_argument("--phases", default=None, help="comma-separated subset (default: all)")
     args, extra = parser.parse_known_args(argv)
@@ -103,6 +130,8 @@ def main(argv=None) -> int:
                   f" not {args.impl!r}", file=sys.stderr)
             return 2
         return grade(int(args.phase), args.impl, extra, args.report, args.tests)
+    if args.command == "bench":
+        return benchmark(args.phase, args.impl, extra)
     selected = phases() if not args.phases else [int(p) for p in args.phases.split(",")]
     return check_solutions(selected)
 
