@@ -94,12 +94,59 @@ def _called_by_triton() -> bool:
     return True
 
 
+# Torch functions that move or convert values without computing new ones: a result a kernel wrote
+# may pass through them on its way out (a float32 buffer returned `.to(q.dtype)`, a `.contiguous()`).
+DATA_MOVEMENT = {"to", "type", "float", "half", "bfloat16", "double", "contiguous", "clone", "copy_", "reshape",
+                 "view", "view_as", "reshape_as", "transpose", "permute", "t", "__getitem__", "squeeze",
+                 "unsqueeze", "expand", "expand_as", "narrow", "select", "flatten", "unflatten", "movedim",
+                 "detach", "cat", "concat", "concatenate", "stack", "split", "chunk", "unbind"}
+
+
+IN_PLACE_OPERATORS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
+                      "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__",
+                      "__imatmul__"}
+
+
+def _tensors(values):
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (tuple, list)):
+            yield from _tensors(value)
+
+
 class _GradedCallMode(TorchFunctionMode):
-    def __init__(self, forbid, what):
+    def __init__(self, forbid, what, kernel_memory=None):
         super().__init__()
         self.forbidden = set().union(*(FORBIDDEN[f] for f in forbid)) if forbid else set()
         self.what = what
         self.violation = None  # kept even when the student's code catches the exception
+        # live: storages kernels of this call wrote (under the interpreter) or were given (on a GPU)
+        self.kernel_memory = kernel_memory if kernel_memory is not None else set()
+        self.moved: set[int] = set()  # storages holding kernel results moved or converted by torch
+
+    def from_kernels(self, t: torch.Tensor) -> bool:
+        ptr = t.untyped_storage().data_ptr()
+        return ptr in self.kernel_memory or ptr in self.moved
+
+    def _note_data_movement(self, name, args, out) -> bool:
+        """A copy or conversion of kernel results holds kernel results too; True when it was one."""
+        if name == "copy_":
+            sources, targets = list(_tensors(args[1:2])), list(_tensors(args[:1]))
+        else:
+            sources, targets = list(_tensors(args)), list(_tensors([out]))
+        if sources and all(self.from_kernels(t) for t in sources):
+            self.moved.update(t.untyped_storage().data_ptr() for t in targets)
+            return True
+        return False
+
+    def _note_host_write(self, args, kwargs):
+        """Values the host writes into memory replace what a kernel stored there (until a kernel
+        stores again): `y.copy_(computed_on_the_host)` after the launch does not pass for a result."""
+        for t in _tensors(list(args[:1]) + [kwargs.get("out")]):
+            ptr = t.untyped_storage().data_ptr()
+            self.kernel_memory.discard(ptr)
+            self.moved.discard(ptr)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -116,6 +163,12 @@ class _GradedCallMode(TorchFunctionMode):
         out = func(*args, **kwargs)
         if name in FACTORIES and isinstance(out, torch.Tensor) and out.is_floating_point():
             out.fill_(float("nan"))
+            return out
+        moved = name in DATA_MOVEMENT and self._note_data_movement(name, args, out)
+        writes = "out" in kwargs or name in IN_PLACE_OPERATORS or (
+            name.endswith("_") and not name.startswith("_") and name not in ("requires_grad_", "share_memory_"))
+        if writes and not moved:
+            self._note_host_write(args, kwargs)
         return out
 
 
@@ -179,11 +232,10 @@ def _returned_tensors(out):
     return []
 
 
-def _check_written_by_kernels(out, what, launches, written):
-    """Every returned tensor must be memory that a Triton kernel of this call wrote."""
-    kernel_memory = written if written is not None else launches.storages
+def _check_written_by_kernels(out, what, mode):
+    """Every returned tensor must be memory that a Triton kernel of this call wrote (or a copy of it)."""
     for name, t in _returned_tensors(out):
-        if t.numel() and t.untyped_storage().data_ptr() not in kernel_memory:
+        if t.numel() and not mode.from_kernels(t):
             raise HonestyError(
                 f"{what} returned {name} (shape {tuple(t.shape)}) that no Triton kernel wrote during this call: "
                 "the values must be stored by your kernel, not computed by PyTorch or NumPy on the host "
@@ -196,19 +248,22 @@ def graded_call(fn, *args, what=None, forbid=("sdpa", "softmax", "matmul"), trit
     named = {f"argument {i}": a for i, a in enumerate(args)} | dict(kwargs.items())
     clones = {k: v.clone() for k, v in named.items() if isinstance(v, torch.Tensor)}
     tracking = bounds.track_writes() if bounds.checking() else contextlib.nullcontext()
-    with tracking as written, _count_triton_launches() as launches, _GradedCallMode(forbid, what) as mode:
-        try:
-            out = fn(*args, **kwargs)
-        except BaseException:
-            if mode.violation is not None:  # caught by the student's code, then something else failed
-                raise mode.violation from None
-            raise
+    with tracking as written, _count_triton_launches() as launches:
+        # Under the interpreter the stores are seen; on a GPU, what the kernels were given counts.
+        mode = _GradedCallMode(forbid, what, written if written is not None else launches.storages)
+        with mode:
+            try:
+                out = fn(*args, **kwargs)
+            except BaseException:
+                if mode.violation is not None:  # caught by the student's code, then something else failed
+                    raise mode.violation from None
+                raise
     if mode.violation is not None:  # the student's code caught it and went on
         raise mode.violation
     if triton and launches.count == 0:
         raise HonestyError(f"{what} launched no Triton kernel: the exercise is to write one", function=what)
     if triton:
-        _check_written_by_kernels(out, what, launches, written)
+        _check_written_by_kernels(out, what, mode)
     for key, before in clones.items():
         if not _same(named[key], before):
             raise HonestyError(f"{what} modified its input {key!r}: inputs must stay unchanged", function=what)

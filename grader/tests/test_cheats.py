@@ -199,6 +199,60 @@ def test_a_result_cached_by_pointer_fails_the_timed_call(where):
     assert "CAUGHT" in proc.stdout and "did not compute a new result after its inputs changed in place" in proc.stdout
 
 
+OUTCOME_SCRIPT = """
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import torch, triton, triton.language as tl
+from grader import bounds
+from grader.honesty import HonestyError, graded_call
+if sys.argv[1] == "interpreter":
+    bounds.install()
+
+@triton.jit
+def exp_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    tl.store(y_ptr + i, tl.exp(tl.load(x_ptr + i, mask=i < n)), mask=i < n)
+
+def kernel_exp(x, dtype=torch.float32):
+    y = torch.empty(x.shape, dtype=dtype)
+    exp_kernel[(1,)](x, y, x.numel(), BLOCK=64)
+    return y
+
+def converted(x):  # honest: a float32 buffer from the kernel, returned in x's dtype
+    return kernel_exp(x.float()).to(x.dtype).contiguous()
+
+def overwritten(x):  # the kernel writes y, then the host replaces its values
+    y = kernel_exp(x)
+    y.copy_(x.exp())
+    return y
+
+def sliced_in(x):  # the kernel writes y, then the host writes part of it
+    y = kernel_exp(x)
+    y[:3] = 0.0
+    return y
+
+x = torch.randn(20)
+assert torch.allclose(graded_call(converted, x.half()).float(), x.half().float().exp(), rtol=1e-3)
+for cheat in (overwritten, sliced_in):
+    try:
+        graded_call(cheat, x)
+        print("MISSED", cheat.__name__)
+    except HonestyError as exc:
+        assert exc.cheat and "no Triton kernel wrote" in str(exc), exc
+print("DONE")
+"""
+
+
+@pytest.mark.parametrize("where", ["interpreter", "gpu-like"])
+def test_a_kernel_result_may_be_converted_but_not_overwritten_on_the_host(where):
+    """Moving or converting a kernel's result (`.to(dtype)`, `.contiguous()`) is honest; values the
+    host writes into it afterwards (`y.copy_(...)`, `y[:3] = ...`) are not the kernel's."""
+    proc = subprocess.run([sys.executable, "-c", OUTCOME_SCRIPT, where], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "DONE" in proc.stdout, proc.stdout + proc.stderr
+    assert "MISSED" not in proc.stdout, proc.stdout
+
+
 # ---------------------------------------------------------------- numerically fragile code
 NAIVE_MERGE = ("    lse = m + torch.log(torch.exp(lse_a - m) + torch.exp(lse_b - m))",
                "    lse = torch.log(torch.exp(lse_a) + torch.exp(lse_b))")
