@@ -344,7 +344,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grader.release", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(ROOT / "build" / "release"))
     parser.add_argument("--archive", default=str(ROOT / "build" / "release.tar.gz"))
-    parser.add_argument("--phases", default=None, help="the phases to release, e.g. 0-2 or 0,1,3 (default: every phase)")
+    parser.add_argument("--phases", default=None,
+                        help="the phases to release, e.g. 0-2 or 0,1,3 (default: every phase)")
     args = parser.parse_args(argv)
     try:
         phases = None if not args.phases else parse_phases(args.phases, course_phases())

@@ -50,9 +50,41 @@ def _tables() -> str:
     return "\n".join(parts) if parts else "(the kernel phases' tables appear here once measured)\n"
 
 
+def _mutants() -> str:
+    """The mutation suite's kill rate per phase (assets/mutants/<cpu|gpu>.json, `make mutants RECORD=1`)."""
+    runs = [(where, common.load(f"mutants/{where}.json")) for where in ("cpu", "gpu")]
+    runs = [(where, data) for where, data in runs if data]
+    if not runs:
+        return "(no mutation run recorded yet: `make mutants RECORD=1`)\n"
+    parts = []
+    for where, data in runs:
+        rows = []
+        for phase in sorted({m["phase"] for m in data["mutants"]}):
+            mine = [m for m in data["mutants"] if m["phase"] == phase]
+            ran = [m for m in mine if m["status"] in ("killed", "survived")]
+            killed = sum(m["status"] == "killed" for m in ran)
+            rows.append([phase, len(mine), len(ran), killed, f"{killed / len(ran):.0%}" if ran else "-",
+                         len(mine) - len(ran)])
+        s = data["summary"]
+        rows.append(["**all**", s["mutants"], s["run"], s["killed"],
+                     f"**{s['kill_rate']:.0%}**" if s["kill_rate"] is not None else "-", len(s["not_run"])])
+        env = data["environment"]
+        parts.append(common.markdown_table(
+            ["phase", "mutants", "graded here", "killed", "kill rate", "not run here (need a GPU)"], rows))
+        parts.append(f"*`make mutants` on {env['device']}, torch {env['torch']}, Triton {env['triton']}, "
+                     f"{data['date']}: {s['wall_seconds']:.0f} s with {s['jobs']} processes"
+                     + (f"; survivors: {', '.join(s['survived'])}" if s["survived"] else "") + ".*\n")
+        fixes = [m for m in data["mutants"] if m.get("killed_by")]
+        if fixes and where == runs[0][0]:
+            parts.append("Mutants that needed (or owe their death to) a grader change:\n\n" + common.markdown_table(
+                ["mutant", "the bug", "killed by"], [[f"`{m['name']}`", m["bug"], m["killed_by"]] for m in fixes]))
+    return "\n".join(parts)
+
+
 def update() -> list[str]:
     done = []
-    for name, text in (("device", _device()), ("grades", _grades()), ("kernel-tables", _tables())):
+    for name, text in (("device", _device()), ("grades", _grades()), ("kernel-tables", _tables()),
+                       ("mutants", _mutants())):
         if common.replace_block(README, name, text):
             done.append(f"README block {name}")
     return done

@@ -6,7 +6,8 @@ SCORES, ATTN = "phase1/scores.py", "phase1/attention.py"
 MUTANTS = [
     # ---------------------------------------------------------------- scores_kernel
     Mutant("p1-scores-no-scale", SCORES,
-           (("s = tl.dot(q, kT, input_precision=PRECISION) * sm_scale  #", "s = tl.dot(q, kT, input_precision=PRECISION)  #"),),
+           (("s = tl.dot(q, kT, input_precision=PRECISION) * sm_scale  #",
+             "s = tl.dot(q, kT, input_precision=PRECISION)  #"),),
            "scores not multiplied by sm_scale"),
     Mutant("p1-scores-k-masked-by-nq", SCORES,
            (("mask=offs_n[None, :] < N_K, other=0.0)", "mask=offs_n[None, :] < N_Q, other=0.0)"),),

@@ -33,7 +33,8 @@ MUTANTS = [
            (("flash_v1_kernel[grid](q, k, v, o, sm_scale * LOG2E,", "flash_v1_kernel[grid](q, k, v, o, sm_scale,"),),
            "exp2 in the kernel but the host passes sm_scale without the log2(e) factor"),
     Mutant("p2-flash-tail-keys-unmasked", FLASH,
-           (("        if not EVEN_N:\n            qk = tl.where(start_n + offs_n[None, :] < N_K, qk, -float(\"inf\"))\n", ""),),
+           (("        if not EVEN_N:\n"
+             "            qk = tl.where(start_n + offs_n[None, :] < N_K, qk, -float(\"inf\"))\n", ""),),
            "keys past N_K (loaded as 0) are not masked to -inf: each adds exp(0 - m) to l_i"),
     Mutant("p2-flash-max-not-updated", FLASH,
            (("        m_i = m_ij\n", ""),),

@@ -33,7 +33,8 @@ MUTANTS = [
            (("full = N_K // BLOCK_N * BLOCK_N", "full = N_K"),),
            "non-causal: the partial last key block goes through the unmasked loop (reads past N_K)"),
     Mutant("p3-causal-full-not-rounded", FWD,
-           (("full = tl.minimum(start_m * BLOCK_M, end) // BLOCK_N * BLOCK_N", "full = tl.minimum(start_m * BLOCK_M, end)"),),
+           (("full = tl.minimum(start_m * BLOCK_M, end) // BLOCK_N * BLOCK_N",
+             "full = tl.minimum(start_m * BLOCK_M, end)"),),
            "causal: the unmasked range is not rounded down to whole key blocks"),
     # ---------------------------------------------------------------- the online softmax
     Mutant("p3-alpha-inverted", FWD,

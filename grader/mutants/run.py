@@ -1,6 +1,6 @@
 """`make mutants`: grade every mutant of the catalogue and report which ones the graders kill.
 
-    python -m grader.mutants [--phases 0,3] [--only NAME,NAME] [--jobs 2] [--record] [--list]
+    python -m grader.mutants [--phases 0-2] [--only NAME,NAME] [--only-gpu] [--jobs 2] [--record] [--list]
 
 How a mutant is graded: its copy of solutions/ (build/mutants/<name>/) is graded by
 `python -m grader grade --impl <copy>` in a process of its own, with the tiers the mutant names
@@ -26,7 +26,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from grader import runtime
 from grader.impl import ROOT
@@ -126,16 +125,16 @@ def _score(r: dict) -> str:
 
 def _line(i: int, n: int, r: dict) -> str:
     detail = r.get("error") or r.get("first_failure", "")
-    return (f"[{i:>{len(str(n))}}/{n}] {r['name']:<34} phase {r['phase']}  {_score(r):>9}  {r['status']:<8} "
+    return (f"[{i:>{len(str(n))}}/{n}] {r['name']:<36} phase {r['phase']}  {_score(r):>9}  {r['status']:<8} "
             f"{r['seconds']:5.1f} s  {detail[:90]}")
 
 
 def _table(rows: list[dict]) -> list[str]:
-    lines = [f"{'mutant':<34} {'phase':>5} {'where':<5} {'score':>9}  killed?", "-" * 66]
+    lines = [f"{'mutant':<36} {'phase':>5} {'where':<5} {'score':>9}  killed?", "-" * 68]
     for r in rows:
         killed = {"killed": "yes", "survived": "NO (survived)", "not run": "not run (needs a GPU)"}.get(
             r["status"], r["status"])
-        lines.append(f"{r['name']:<34} {r['phase']:>5} {r['where']:<5} {_score(r):>9}  {killed}")
+        lines.append(f"{r['name']:<36} {r['phase']:>5} {r['where']:<5} {_score(r):>9}  {killed}")
     return lines
 
 
@@ -188,7 +187,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grader.mutants", description=__doc__.split("\n")[0])
     parser.add_argument("--phases", default=None, help="e.g. 0-2 or 0,3 (default: every phase with mutants)")
     parser.add_argument("--only", default=None, help="comma-separated mutant names")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="grading processes at a time (default: 2 without a GPU; 1 on a GPU, whose timings "
+                             "need the device to themselves)")
+    parser.add_argument("--only-gpu", action="store_true",
+                        help="only the mutants that need a GPU (CI grades the others on the CPU tiers)")
     parser.add_argument("--timeout", type=int, default=TIMEOUT)
     parser.add_argument("--record", action="store_true", help="also write assets/mutants/<cpu|gpu>.json")
     parser.add_argument("--list", action="store_true", help="print the catalogue and exit")
@@ -206,6 +209,8 @@ def main(argv=None) -> int:
             print(f"error: no mutant called {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
         mutants = [m for m in mutants if m.name in wanted]
+    if args.only_gpu:
+        mutants = [m for m in mutants if m.where == "gpu"]
     problems = check_catalogue(mutants)
     if problems:  # before anything runs: a stale catalogue must not pass by grading fewer mutants
         print("error: the mutation catalogue no longer matches solutions/ (update grader/mutants/phaseN.py):",
@@ -215,9 +220,10 @@ def main(argv=None) -> int:
         return 2
     if args.list:
         for m in mutants:
-            print(f"{m.name:<34} phase {m.phase}  {m.where:<4} {m.bug}")
+            print(f"{m.name:<36} phase {m.phase}  {m.where:<4} {m.bug}")
         return 0
-    data, ok = run(mutants, args.jobs, args.timeout)
+    jobs = args.jobs or (1 if _where() == "gpu" else min(2, os.cpu_count() or 1))
+    data, ok = run(mutants, jobs, args.timeout)
     print()
     for line in _table(data["mutants"]):
         print(line)

@@ -175,9 +175,10 @@ def test_leak_check_per_release_catches_a_later_stub_repeating_an_answer(tmp_pat
 
 
 def test_leak_check_catches_a_statement_quoted_on_one_line(tmp_path):
-    _course(tmp_path / "course", {
-        "solutions/phase1/a.py": f"{BEGIN}\nkT = tl.load(k_ptr + offs,\n             mask=offs < N_K, other=0.0)\n{END}\n"})
+    answer = "kT = tl.load(k_ptr + offs,\n             mask=offs < N_K, other=0.0)"
+    _course(tmp_path / "course", {"solutions/phase1/a.py": f"{BEGIN}\n{answer}\n{END}\n"})
     (tmp_path / "copy").mkdir()
-    (tmp_path / "copy" / "lesson.md").write_text("```python\nkT = tl.load(k_ptr + offs, mask=offs < N_K, other=0.0)\n```\n")
+    quote = "kT = tl.load(k_ptr + offs, mask=offs < N_K, other=0.0)"  # the two lines as one
+    (tmp_path / "copy" / "lesson.md").write_text(f"```python\n{quote}\n```\n")
     problems = release.leaks(tmp_path / "copy", tmp_path / "course", [1])
     assert problems and "lesson.md:2" in problems[0], problems
