@@ -90,6 +90,9 @@ def _kernel_line(crash_log: str) -> str:
 
 
 def _crash_message(run: _Run) -> str:
+    if run.rc >= 0:  # an exit, not a signal: os._exit or sys.exit somewhere in the graded code
+        return (f"the process exited (status {run.rc}) in the middle of this test: graded code must not end "
+                "the process (os._exit, sys.exit); the other tests ran in a fresh process")
     where = _kernel_line(run.crash_log)
     kernel = (f"in `{run.kernel}` (the last Triton kernel launched{', at ' + where if where else ''})" if run.kernel
               else f"before any Triton kernel ran{' (at ' + where + ')' if where else ''}")

@@ -78,3 +78,14 @@ def test_after_a_gpu_memory_fault_the_rest_runs_in_a_fresh_process(tmp_path):
     failed = [name for name, o in _outcomes(rows).items() if o == "failed"]
     assert failed == ["softmax[fp32-3x7]"], failed  # the later tests ran in a fresh process
     assert "in a fresh process" in proc.stdout
+
+
+def test_a_graded_function_that_exits_the_process_fails_only_its_test(tmp_path):
+    folder = submissions.make(tmp_path, "exits", edits=_softmax_then(
+        "    if n_cols == 7:\n        import os\n        os._exit(0)"))
+    proc, report, rows = submissions.grade(folder, 0, "-k", "softmax")
+    assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    message = rows["softmax[fp32-3x7]"]["message"]
+    assert message.startswith("the process exited (status 0) in the middle of this test"), message
+    failed = [name for name, o in _outcomes(rows).items() if o == "failed"]
+    assert failed == ["softmax[fp32-3x7]"], failed
