@@ -155,10 +155,13 @@ def install() -> None:
     global _installed
     if _installed or os.environ.get("FA_BOUNDS_CHECK") == "0":
         return
-    from triton.runtime import interpreter
-    from triton.runtime.interpreter import GridExecutor, InterpreterBuilder, _get_np_dtype
-
     import numpy as np
+
+    try:
+        from triton.runtime.interpreter import GridExecutor, InterpreterBuilder, _get_np_dtype
+        InterpreterBuilder.create_masked_load, InterpreterBuilder.create_atomic_cas  # noqa: B018
+    except (ImportError, AttributeError):  # another Triton's interpreter: grade without the check
+        return
 
     def itemsize_of(ptrs):
         return np.dtype(_get_np_dtype(ptrs.get_element_ty())).itemsize
@@ -166,29 +169,31 @@ def install() -> None:
     load, store = InterpreterBuilder.create_masked_load, InterpreterBuilder.create_masked_store
     rmw, cas = InterpreterBuilder.create_atomic_rmw, InterpreterBuilder.create_atomic_cas
 
-    def create_masked_load(self, ptrs, mask, other, cache_policy, is_volatile):
+    # Positional and keyword arguments pass through untouched: only the leading ones (pointers,
+    # mask) are read, which keeps the wrappers valid across Triton versions.
+    def create_masked_load(self, ptrs, mask, *args, **kwargs):
         _check("load", ptrs.data, mask.data, itemsize_of(ptrs))
-        return load(self, ptrs, mask, other, cache_policy, is_volatile)
+        return load(self, ptrs, mask, *args, **kwargs)
 
-    def create_masked_store(self, ptrs, value, mask, cache_policy):
+    def create_masked_store(self, ptrs, value, mask, *args, **kwargs):
         _check("store", ptrs.data, mask.data, itemsize_of(ptrs))
-        return store(self, ptrs, value, mask, cache_policy)
+        return store(self, ptrs, value, mask, *args, **kwargs)
 
-    def create_atomic_rmw(self, rmwOp, ptr, val, mask, sem, scope):
+    def create_atomic_rmw(self, rmwOp, ptr, val, mask, *args, **kwargs):
         _check("store", ptr.data, mask.data, itemsize_of(ptr))
-        return rmw(self, rmwOp, ptr, val, mask, sem, scope)
+        return rmw(self, rmwOp, ptr, val, mask, *args, **kwargs)
 
-    def create_atomic_cas(self, ptr, cmp, val, sem, scope):
+    def create_atomic_cas(self, ptr, *args, **kwargs):
         _check("store", ptr.data, None, itemsize_of(ptr))
-        return cas(self, ptr, cmp, val, sem, scope)
+        return cas(self, ptr, *args, **kwargs)
 
     set_grid_idx = InterpreterBuilder.set_grid_idx
 
-    def set_grid_idx_and_note(self, x, y, z):
+    def set_grid_idx_and_note(self, *idx):
         launch = getattr(_state, "launch", None)
         if launch is not None:
-            launch["program"] = (x, y, z)
-        return set_grid_idx(self, x, y, z)
+            launch["program"] = tuple(idx)
+        return set_grid_idx(self, *idx)
 
     call = GridExecutor.__call__
 
@@ -208,5 +213,4 @@ def install() -> None:
     InterpreterBuilder.create_atomic_cas = create_atomic_cas
     InterpreterBuilder.set_grid_idx = set_grid_idx_and_note
     GridExecutor.__call__ = run_checked
-    interpreter.FA_BOUNDS_CHECKED = True
     _installed = True
