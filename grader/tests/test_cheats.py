@@ -270,6 +270,19 @@ def test_a_merge_that_overflows_for_large_lse_fails(tmp_path):
     assert "lse near +1000" in rows["merge_partials"]["message"]
 
 
+NO_RUNNING_MAX = [("m_ij = tl.maximum(m_i, tl.max(qk, 1))\n", "m_ij = tl.zeros_like(m_i)\n"),
+                  ("m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)\n", "m_ij = tl.zeros_like(m_i)\n")]
+
+
+def test_a_forward_without_the_running_max_fails(tmp_path):
+    """exp of the raw scores is exact for small ones and overflows float32 past 88."""
+    folder = submissions.make(tmp_path, "no-running-max", edits={"phase3/forward.py": NO_RUNNING_MAX})
+    proc, report, rows = submissions.grade(folder, 3, "-k", "forward and (large or fp32-N1 or Nq17)")
+    assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert rows["forward[fp32-Nq17-Nk33]"]["outcome"] == "passed"  # fine at small magnitudes
+    assert rows["forward[fp32-causal-large-logits-scale30]"]["outcome"] == "failed"
+
+
 def test_a_backward_that_overflows_for_large_scores_fails(tmp_path):
     folder = submissions.make(tmp_path, "ratio-backward", edits={"phase4/backward.py": BACKWARD_RATIO})
     proc, report, rows = submissions.grade(folder, 4, "-k", "backward and (large or fp32-N16)")
