@@ -160,9 +160,10 @@ def test_forward_kernel_compiles(record_property):
 
 # ---------------------------------------------------------------- throughput against cuDNN
 # The bars are what a student reaches who does the phase's work (descriptors at D=128, a pruned
-# sweep, pinned choices): the reference measured 0.84-0.98x of cuDNN forward and 0.69-0.88x
-# backward at these shapes on an H100 (see the lesson).
-FORWARD_BAR, BACKWARD_BAR = 0.75, 0.60
+# sweep, pinned choices), with room for run-to-run noise: over three H100 runs the reference
+# measured 0.74-0.97x of cuDNN forward and 0.70-0.87x backward at these shapes (cuDNN itself moved
+# from 622 to 651 TFLOPS between two runs at D=128); Phase 4's kernels reach about 0.7x forward.
+FORWARD_BAR, BACKWARD_BAR = 0.65, 0.55
 
 
 @pytest.mark.points(2)
