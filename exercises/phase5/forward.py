@@ -44,33 +44,8 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, off_b, off_h, stride
     """Phase 3's online softmax over key blocks [start_n, end_n); MASKED=False is the hot loop."""
     offs_n = tl.arange(0, BLOCK_N)
     for start in tl.range(start_n, end_n, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        k = _load_rows(K, k_base, off_b, off_h, start, stride_kn, N_K, BLOCK_N, HEAD_DIM, USE_TMA, MASKED)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if MASKED:
-            cols = start + offs_n
-            visible = cols[None, :] < N_K  # descriptor loads give 0, not -inf, past the end
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= offs_m[:, None])
-            qk = tl.where(visible, qk * qk_scale, float("-inf"))
-            m_ij = tl.maximum(m_i, tl.max(qk, 1))
-            qk = qk - m_ij[:, None]
-        else:
-            m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            qk = qk * qk_scale - m_ij[:, None]
-        if USE_EXP2:
-            p = tl.math.exp2(qk)
-            alpha = tl.math.exp2(m_i - m_ij)
-        else:  # ablation: natural exp (the compiler adds a multiply by log2(e) before each ex2)
-            p = tl.exp(qk)
-            alpha = tl.exp(m_i - m_ij)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        v = _load_rows(V, v_base, off_b, off_h, start, stride_vn, N_K, BLOCK_N, HEAD_DIM, USE_TMA, MASKED)
-        if P_FP32:  # ablation: keep P in float32, so the second matmul runs in TF32 on float32 V
-            acc = tl.dot(p, v.to(tl.float32), acc)
-        else:
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-        m_i = m_ij
+        # TODO(phase 5): one key block of Phase 3's online softmax, with tiles from _load_rows: scores (masked to -inf when MASKED: keys >= N_K read as 0 through a descriptor, and, if CAUSAL, keys after the row), the new running max, p and the rescale factor (exp2 when USE_EXP2, else exp: qk_scale already carries log2(e) or not), l_i and acc updated, acc += p v with p in v's dtype (float32 when P_FP32, an ablation)
+        tl.static_assert(False, "phase 5: one key block of Phase 3's online softmax, with tiles from _load_rows: scores (masked to -inf when MASKED: keys >= N_K read as 0 through a descriptor, and, if CAUSAL, keys after the row), the new running max, p and the rescale factor (exp2 when USE_EXP2, else exp: qk_scale already carries log2(e) or not), l_i and acc updated, acc += p v with p in v's dtype (float32 when P_FP32, an ablation)")
     return acc, l_i, m_i
 
 
@@ -99,20 +74,8 @@ def attn_fwd_kernel(Q, K, V, O, LSE, sm_scale,
         v_base = V + off_b.to(tl.int64) * stride_vb + off_h.to(tl.int64) * stride_vh
     q = _load_rows(Q, q_base, off_b, off_h, start_m * BLOCK_M, stride_qn, N_Q, BLOCK_M, HEAD_DIM, USE_TMA, True)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634 if USE_EXP2 else sm_scale
-
-    if CAUSAL:
-        end = tl.minimum((start_m + 1) * BLOCK_M, N_K)
-        if SPLIT_CAUSAL:
-            full = tl.minimum(start_m * BLOCK_M, end) // BLOCK_N * BLOCK_N
-        else:  # ablation: every visible block goes through the masked loop
-            full = 0
-    else:
-        end = N_K
-        full = N_K // BLOCK_N * BLOCK_N
+    # TODO(phase 5): Phase 3's start: the running statistics (m_i, l_i, acc) and the key range of this query block: `end` (the last key any row sees) and `full` (where the unmasked blocks stop); with CAUSAL and not SPLIT_CAUSAL (an ablation) every block goes through the masked loop
+    tl.static_assert(False, "phase 5: Phase 3's start: the running statistics (m_i, l_i, acc) and the key range of this query block: `end` (the last key any row sees) and `full` (where the unmasked blocks stop); with CAUSAL and not SPLIT_CAUSAL (an ablation) every block goes through the masked loop")
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, off_b, off_h, stride_kn, stride_vn,
                                     0, full, offs_m, N_K, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL,
                                     USE_TMA, USE_EXP2, P_FP32, WARP_SPECIALIZE, DOT_PRECISION)
@@ -120,12 +83,8 @@ def attn_fwd_kernel(Q, K, V, O, LSE, sm_scale,
                                     full, end, offs_m, N_K, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL,
                                     USE_TMA, USE_EXP2, P_FP32, False, DOT_PRECISION)
 
-    o = acc / l_i[:, None]
-    if USE_EXP2:
-        lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
-    else:
-        lse = m_i + tl.log(l_i)
-    tl.store(LSE + off_bh.to(tl.int64) * N_Q + offs_m, lse, mask=offs_m < N_Q)
+    # TODO(phase 5): Phase 3's finish: o from acc and l_i, and the natural-log lse from m_i and l_i (in log2 units when USE_EXP2), stored as float32 for rows < N_Q
+    tl.static_assert(False, "phase 5: Phase 3's finish: o from acc and l_i, and the natural-log lse from m_i and l_i (in log2 units when USE_EXP2), stored as float32 for rows < N_Q")
     # TODO(phase 5): store o in O's dtype: through the descriptor when USE_TMA (rows past N_Q are clipped by the copy engine, per head), else through pointers with a row mask
     tl.static_assert(False, "phase 5: store o in O's dtype: through the descriptor when USE_TMA (rows past N_Q are clipped by the copy engine, per head), else through pointers with a row mask")
 
