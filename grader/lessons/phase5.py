@@ -382,3 +382,208 @@ def print_sweep_summary():
             if cands:
                 best = max(cands, key=lambda r: r["tflops"])
                 print(f"bwd D={D} N={N} causal={causal:d} {kind}: best {best['config']} {best['tflops']:.0f}")
+
+
+# ---------------------------------------------------------------- tables and plots (no GPU needed)
+def _r(x):
+    return f"{x:.2f}x" if x is not None else "-"
+
+
+def kernels_table(data) -> str:
+    by = {}
+    for r in data["rows"]:
+        by.setdefault((r["D"], r["Nq"], r["causal"]), {})[(r["mode"], r["dtype"])] = r
+    header = ["D", "N", "causal", "fwd bf16 TFLOPS (ours / flash / cuDNN / flex)", "fwd vs cuDNN", "fwd vs flex",
+              "fwd fp16 vs cuDNN", "bwd TFLOPS (ours / cuDNN / flex)", "bwd vs cuDNN", "bwd vs flex",
+              "fwd+bwd vs cuDNN"]
+    rows = []
+    for (D, N, causal), m in sorted(by.items()):
+        f, f16, b, fb = (m.get(k) or {} for k in (("fwd", "bfloat16"), ("fwd", "float16"), ("bwd", "bfloat16"),
+                                                   ("fwd_bwd", "bfloat16")))
+        tf = lambda r, *names: " / ".join(f"{r[n]:.0f}" if n in r else "-" for n in names)
+        rows.append([D, N, "yes" if causal else "no", tf(f, "tflops", "flash_tflops", "cudnn_tflops", "flex_tflops"),
+                     _r(f.get("ratio_vs_cudnn")), _r(f.get("ratio_vs_flex")), _r(f16.get("ratio_vs_cudnn")),
+                     tf(b, "tflops", "cudnn_tflops", "flex_tflops"), _r(b.get("ratio_vs_cudnn")),
+                     _r(b.get("ratio_vs_flex")), _r(fb.get("ratio_vs_cudnn"))])
+    return common.markdown_table(header, rows)
+
+
+def kernels_summary(data) -> str:
+    def span(mode, name, dtype=None):
+        v = [r[f"ratio_vs_{name}"] for r in data["rows"] if r["mode"] == mode and f"ratio_vs_{name}" in r
+             and (dtype is None or r["dtype"] == dtype)]
+        return f"{min(v):.2f}x to {max(v):.2f}x" if v else "not measured"
+    return (f"Forward: {span('fwd', 'cudnn')} of cuDNN (bf16 and fp16), {span('fwd', 'flex')} of FlexAttention, "
+            f"{span('fwd', 'flash')} of SDPA flash. Backward: {span('bwd', 'cudnn')} of cuDNN, "
+            f"{span('bwd', 'flex')} of FlexAttention. Forward + backward: {span('fwd_bwd', 'cudnn')} of cuDNN.\n")
+
+
+def ablation_table(data) -> str:
+    shapes = sorted({(r["D"], r["N"], r["causal"]) for r in data["rows"]}, key=lambda s: (-s[0], s[2]))
+    variants = list(dict.fromkeys(r["variant"].replace("descriptors on", "descriptors (other path)")
+                                  .replace("descriptors off", "descriptors (other path)") for r in data["rows"]))
+    cell = {}
+    for r in data["rows"]:
+        name = r["variant"].replace("descriptors on", "descriptors (other path)").replace(
+            "descriptors off", "descriptors (other path)")
+        cell[(name, r["D"], r["N"], r["causal"])] = r
+    tuned = {s: cell[("tuned", *s)]["tflops"] for s in shapes if ("tuned", *s) in cell}
+    header = ["variant"] + [f"D={D} N={N} {'causal' if c else 'full'}" for D, N, c in shapes]
+    rows = []
+    for v in variants:
+        out = [v]
+        for s in shapes:
+            r = cell.get((v, *s))
+            if r is None:
+                out.append("-")
+            elif "tflops" not in r:
+                error = r.get("error", "")
+                out.append("fails: " + ("shared memory" if "shared memory" in error else
+                                        "compiler crash" if "PassManager" in error else error[:30]))
+            elif v == "tuned":
+                out.append(f"**{r['tflops']:.0f}**")
+            else:
+                out.append(f"{r['tflops']:.0f} ({(r['tflops'] / tuned[s] - 1) * 100:+.0f}%)")
+        rows.append(out)
+    return common.markdown_table(header, rows)
+
+
+def sweep_table(fwd, bwd) -> str:
+    rows = []
+    for (D, N, causal) in sorted({(r["D"], r["N"], r["causal"]) for r in fwd["rows"]}):
+        rs = [r for r in fwd["rows"] if (r["D"], r["N"], r["causal"]) == (D, N, causal) and "tflops" in r]
+        base = next(r["tflops"] for r in rs if r["kernel"] == "phase3")
+        cells = []
+        for tma in (True, False):
+            c = [r for r in rs if r.get("tma") == tma]
+            best, worst = max(c, key=lambda r: r["tflops"]), min(c, key=lambda r: r["tflops"])
+            cfg = best["config"]
+            cells += [f"{best['tflops']:.0f} ({cfg[0]}x{cfg[1]}, {cfg[2]}w, {cfg[3]}s)", f"{worst['tflops']:.0f}"]
+        rows.append([D, N, "yes" if causal else "no", f"{base:.0f}", *cells, len([r for r in rs if r.get("tma")])])
+    table = common.markdown_table(["D", "N", "causal", "Phase 3 kernel", "descriptors: best", "worst",
+                                   "pointers: best", "worst", "configurations per path"], rows)
+    brows = []
+    for (D, N, causal) in sorted({(r["D"], r["N"], r["causal"]) for r in bwd["rows"]}):
+        out = [D, N, "yes" if causal else "no"]
+        for kind in ("two", "atomic"):
+            c = [r for r in bwd["rows"] if (r["D"], r["N"], r["causal"], r["kind"]) == (D, N, causal, kind)
+                 and "tflops" in r]
+            best = max(c, key=lambda r: r["tflops"])
+            out += [f"{best['tflops']:.0f}", f"{min(r['tflops'] for r in c):.0f}"]
+        brows.append(out)
+    return (table + "\nBackward, the same sweep over whole configurations (dK/dV and dQ together):\n\n"
+            + common.markdown_table(["D", "N", "causal", "two kernels: best", "worst", "one kernel, atomic dQ: best",
+                                     "worst"], brows))
+
+
+def references_table(data) -> str:
+    rows = [[r["mode"], r["D"], r["Nq"], "yes" if r["causal"] else "no", f"{r['flex_tflops']:.0f}",
+             f"{r.get('cudnn_tflops', 0):.0f}", f"{r.get('flash_tflops', 0):.0f}", f"{r['flex_compile_s']:.0f} s"]
+            for r in data["rows"]]
+    return common.markdown_table(["pass", "D", "N", "causal", "FlexAttention", "SDPA cuDNN", "SDPA flash",
+                                  "FlexAttention compile"], rows)
+
+
+def _plot_kernels(data, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5), sharey="row")
+    for row, mode in enumerate(("fwd", "bwd")):
+        for ax, (D, causal) in zip(axes[row], [(d, c) for d in DS for c in (False, True)]):
+            for series, style, label in (("tflops", "o-", "ours (Phase 5)"), ("cudnn_tflops", "^:", "SDPA cuDNN"),
+                                         ("flex_tflops", "d-.", "FlexAttention"),
+                                         ("flash_tflops", "s--", "SDPA flash")):
+                rs = sorted((r for r in data["rows"] if r["D"] == D and r["causal"] == causal and r["mode"] == mode
+                             and r["dtype"] == "bfloat16" and series in r), key=lambda r: r["Nq"])
+                ax.plot([r["Nq"] for r in rs], [r[series] for r in rs], style, label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{'forward' if mode == 'fwd' else 'backward'}, D={D}, {'causal' if causal else 'full'}")
+            ax.set_xlabel("N (16k tokens, hidden 2048)")
+        axes[row][0].set_ylabel("TFLOPS (bf16)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_ablation(data, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = sorted({(r["D"], r["N"], r["causal"]) for r in data["rows"]}, key=lambda s: (-s[0], s[2]))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(4.5 * len(shapes), 4.2), sharey=True)
+    for ax, s in zip(axes, shapes):
+        rs = [r for r in data["rows"] if (r["D"], r["N"], r["causal"]) == s]
+        tuned = next(r["tflops"] for r in rs if r["variant"] == "tuned")
+        names = [r["variant"] for r in rs]
+        values = [(r["tflops"] / tuned - 1) * 100 if "tflops" in r else 0 for r in rs]
+        colors = ["grey" if "tflops" not in r else ("tab:green" if v >= 0 else "tab:red") for r, v in zip(rs, values)]
+        ax.barh(names, values, color=colors)
+        for i, r in enumerate(rs):
+            if "tflops" not in r:
+                ax.text(0, i, " fails", va="center", fontsize=8)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(f"D={s[0]} N={s[1]} {'causal' if s[2] else 'full'} (tuned {tuned:.0f} TFLOPS)", fontsize=9)
+        ax.set_xlabel("change vs tuned (%)")
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figures():
+    done, blocks = [], {}
+    kernels = common.load("phase5/kernels.json")
+    if kernels:
+        table = kernels_table(kernels) + "\n" + kernels_summary(kernels) + "\n" + common.measured_on(kernels["meta"])
+        blocks["kernels-table"] = table
+        (common.ASSETS / "phase5" / "kernels_table.md").write_text(table)
+        _plot_kernels(kernels, common.ASSETS / "phase5" / "kernels.png")
+        done.append("kernels table, assets/phase5/kernels_table.md and kernels.png")
+    ablation = common.load("phase5/ablation.json")
+    if ablation:
+        blocks["ablation-table"] = ablation_table(ablation) + "\n" + common.measured_on(ablation["meta"])
+        _plot_ablation(ablation, common.ASSETS / "phase5" / "ablation.png")
+    fwd, bwd = common.load("phase5/tune_forward.json"), common.load("phase5/tune_backward.json")
+    if fwd and bwd:
+        blocks["sweep-table"] = sweep_table(fwd, bwd) + "\n" + common.measured_on(fwd["meta"])
+    refs = common.load("phase5/references.json")
+    if refs:
+        blocks["references-table"] = references_table(refs) + "\n" + common.measured_on(refs["meta"])
+    for name, text in blocks.items():
+        if common.replace_block(LESSON, name, text):
+            done.append(f"filled {name}")
+    return done
+
+
+def warp_specialization_check(head_dim=128):
+    """Compile the tuned forward for sm_90 with and without `warp_specialize=True` (no GPU needed):
+    does Triton change the code, and does it compile at all? Prints one line per variant."""
+    import hashlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from grader.phases.test_phase5 import _spec
+    from solutions.phase5.forward import Config, attn_fwd_kernel
+
+    results = []
+    for warps in (8, 4):
+        for ws in (False, True):
+            spec = _spec("bf16", head_dim, False, Config(128, 64, warps, 3), True, 90)
+            consts = dict(spec.constexprs, WARP_SPECIALIZE=ws)
+            try:
+                k = triton.compile(ASTSource(fn=attn_fwd_kernel, signature=spec.signature, constexprs=consts),
+                                   target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 3})
+                outcome = f"PTX {hashlib.sha256(k.asm['ptx'].encode()).hexdigest()[:12]}"
+            except Exception as exc:  # noqa: BLE001 - the compiler's failure is the finding
+                outcome = f"fails: {str(exc).strip().splitlines()[-1][:80]}"
+            results.append((warps, ws, outcome))
+            print(f"triton {triton.__version__}, D={head_dim}, {warps} warps, warp_specialize={ws}: {outcome}")
+    return results

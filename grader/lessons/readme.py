@@ -43,7 +43,9 @@ def _device() -> str:
 def _tables() -> str:
     parts = []
     for rel, title in (("phase3/forward_table.md", "Forward (Phase 3 reference solution)"),
-                       ("phase4/backward_table.md", "Backward and forward+backward (Phase 4 reference solution)")):
+                       ("phase4/backward_table.md", "Backward and forward+backward (Phase 4 reference solution)"),
+                       ("phase5/kernels_table.md", "Tuned forward and backward (Phase 5 reference solution) against "
+                                                   "SDPA cuDNN and FlexAttention")):
         path = common.ASSETS / rel
         if path.exists():
             parts.append(f"**{title}**\n\n{path.read_text().strip()}\n")
