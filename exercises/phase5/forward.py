@@ -12,7 +12,6 @@ The algorithm is Phase 3's, line for line. What changes is how it meets the GPU:
   exactly this kernel with one thing changed.
 """
 import dataclasses
-import math
 import os
 
 import torch
@@ -21,6 +20,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..phase0.checks import check_attention_inputs
+from ..phase3.forward import _check_options as check_options
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -213,18 +213,6 @@ def _prune(configs, named_args, **kwargs):
 attn_fwd_autotuned = triton.autotune(configs=_autotune_configs(), key=["N_BUCKET", "HEAD_DIM", "CAUSAL", "USE_TMA"],
                                      prune_configs_by={"early_config_prune": _prune},
                                      cache_results=True)(attn_fwd_kernel)
-
-
-def check_options(causal, sm_scale, D):
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if sm_scale is None:
-        return D ** -0.5
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
-        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
-    if not math.isfinite(sm_scale) or sm_scale <= 0:
-        raise ValueError(f"sm_scale must be a positive finite float, got {sm_scale!r}")
-    return float(sm_scale)
 
 
 def forward(q, k, v, causal=False, sm_scale=None, config: Config | None = None,
