@@ -251,14 +251,29 @@ def notebook(phase: int, target: str, assignment: Path) -> tuple[dict, float]:
     return nb, total
 
 
+def _graders_needed(phase: int) -> set[str]:
+    """test_phaseN.py and the earlier phases' graders it imports (Phase 5 reuses 3's and 4's cases)."""
+    needed, todo = set(), [phase]
+    while todo:
+        name = f"test_phase{todo.pop()}.py"
+        if name in needed:
+            continue
+        needed.add(name)
+        source = (ROOT / "grader" / "phases" / name).read_text()
+        todo += [int(n) for n in re.findall(r"from grader\.phases import test_phase(\d+)", source)]
+    return needed
+
+
 def _ship_grader(phase: int, dest: Path) -> None:
-    """The public grader of one phase (hidden tests cut out) into dest/grader."""
+    """The public grader of one phase (hidden tests cut out) into dest/grader, with the graders of
+    earlier phases that it imports."""
     src = ROOT / "grader"
+    graders = _graders_needed(phase) | {"__init__.py"}
     for path in sorted(src.rglob("*.py")):
         rel = path.relative_to(src)
         if "__pycache__" in rel.parts or rel.parts[0] in NOT_SHIPPED:
             continue
-        if rel.parts[0] == "phases" and rel.name not in ("__init__.py", f"test_phase{phase}.py"):
+        if rel.parts[0] == "phases" and rel.name not in graders:
             continue
         out = dest / "grader" / rel
         out.parent.mkdir(parents=True, exist_ok=True)
