@@ -33,7 +33,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("grader")
     group.addoption("--phase", type=int, default=None, help="phase being graded (for the report)")
     group.addoption("--report", default=None, help="where to write the JSON report")
-    group.addoption("--warm-shard", default=None, help="internal: i/K, fill the kernel cache (see grader.warmup)")
+    group.addoption("--warm-shard", default=None,
+                    help="internal: a directory of claims; fill the kernel cache (see grader.warmup)")
     group.addoption("--progress", default=None, help="internal: write results test by test to this file "
                                                      "(see grader.isolation)")
     group.addoption("--only", default=None, help="internal: a JSON file listing the node ids to run, in order")
@@ -51,6 +52,10 @@ def pytest_configure(config):
         global _CRASH_LOG
         _CRASH_LOG = open(os.environ["FA_CRASH_LOG"], "w")
         faulthandler.enable(_CRASH_LOG)
+    if config.getoption("warm_shard"):
+        from grader import timing
+
+        timing.compile_only = True  # a warm-up process compiles; it does not time (see grader.warmup)
     config.pluginmanager.register(GradingSession(config), "grading-session")
 
 
@@ -152,16 +157,21 @@ class GradingSession:
             keep = [by_id[nodeid] for nodeid in wanted if nodeid in by_id]
             config.hook.pytest_deselected(items=[it for it in items if it not in keep])
             items[:] = keep
-        shard = warmup.parse_shard(config.getoption("warm_shard"))
-        if shard:  # a warm-up process: keep every K-th test that compiles kernels, drop the rest
-            index, count = shard
-            keep = set(self._warmable(items)[index::count])
+        if config.getoption("warm_shard"):  # a warm-up process: the tests that compile, heaviest first
+            keep = self._warmable(items)
             config.hook.pytest_deselected(items=[it for it in items if it not in keep])
-            items[:] = [it for it in items if it in keep]
+            items[:] = keep
+            self.warm_queue = {item.nodeid: i for i, item in enumerate(keep)}
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item):
+        claims = self.config.getoption("warm_shard")
+        if claims and not warmup.claim(claims, self.warm_queue[item.nodeid]):
+            pytest.skip("another warm-up process runs this test")
 
     def _warmable(self, items):
         """Tests that will run here and compile kernels as they go (see grader.warmup)."""
-        return [it for it in items if tiers.of(it) not in warmup.NOT_WARMED and not self.available[tiers.of(it)]]
+        return warmup.order([it for it in items if not self.available[tiers.of(it)]], tiers.of)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item, call):
@@ -212,14 +222,21 @@ class GradingSession:
         if self.config.getoption("warm_shard") is None:
             warmed = self._warmable(session.items)
             count = warmup.shard_count(len(warmed))
+            phase = self.config.getoption("phase")
+            if count and phase is not None and warmup.warmed_before(int(phase)):
+                count = 0  # this exact code was warmed on this machine: its kernels are in the cache
             if count:
                 reporter = self.config.pluginmanager.get_plugin("terminalreporter")
                 if reporter:
                     reporter.write_line(f"warming Triton's kernel cache: {len(warmed)} tests in {count} processes ...")
-                seconds = warmup.run_shards(list(self.config.invocation_params.args), count,
-                                            str(self.config.rootpath))
+                seconds = sorted(warmup.run_shards(list(self.config.invocation_params.args), count,
+                                                   str(self.config.rootpath)))
                 if reporter:
-                    reporter.write_line(f"kernel cache warm after {seconds:.0f} s; grading")
+                    reporter.write_line(f"kernel cache warm after {seconds[-1]:.0f} s (processes took "
+                                        f"{seconds[0]:.0f} s to {seconds[-1]:.0f} s, median "
+                                        f"{seconds[len(seconds) // 2]:.0f} s); grading")
+                if phase is not None:
+                    warmup.mark_warmed(int(phase))
         for item in session.items:
             self.results.setdefault(item.nodeid, {"outcome": "passed", "message": "", "duration": 0.0})
             self.results[item.nodeid].update(

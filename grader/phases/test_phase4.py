@@ -274,7 +274,7 @@ def _kernel_specs():
     specs = []
     # D=16 and 32 use smaller tiles than these and run in the GPU tier.
     cases = [("bf16", D, c, cfg.CONFIGS_SM90[(D, c)]) for D in (64, 128) for c in (False, True)]
-    cases += [("fp32", 128, True, cfg.CONFIGS_SMALL[128])]
+    cases += [("fp32", 128, True, cfg.CONFIG_FP32)]
     for t, D, causal, ((m1, n1, mm1, w1, s1), (m2, n2, mn2, w2, s2)) in cases:
         precision = "ieee" if t == "fp32" else "tf32"
         label = f"{t}, D={D}, {'causal' if causal else 'not causal'}"
