@@ -46,8 +46,8 @@ bench: $(SETUP) ## GPU: time PHASE=N's kernels (pytest-benchmark, CUDA events); 
 check-solutions: $(SETUP) ## every phase both ways: solutions get full marks, untouched stubs zero
 	@$(PY) -m grader check-solutions
 
-test: $(SETUP) ## everything CI runs: stale-exercises check, check-solutions, the mutation suite, the course's own tests
-	$(PY) -m grader.generate --check
+test: $(SETUP) ## everything CI runs: stale-exercises check, check-solutions, the mutation suite, the course's own tests [STRICT=1]
+	$(PY) -m grader.generate --check $(if $(STRICT),--strict,)
 	$(PY) -m grader check-solutions
 	$(PY) -m grader.mutants
 	$(PY) -m pytest grader/tests -q

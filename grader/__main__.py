@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,15 +66,29 @@ def benchmark(phase: int, tree: str, extra: list[str]) -> int:
 
 
 def check_solutions(selected: list[int]) -> int:
-    """Both directions for every phase: the reference gets full marks, the stubs get zero."""
+    """Both directions for every phase: the reference gets full marks, the stubs get zero.
+
+    The stubs are graded from a fresh generation of solutions/ in a temporary folder, never from
+    the working exercises/, which holds a student's work once they have solved anything."""
+    from grader.generate import write_fresh
+
+    with tempfile.TemporaryDirectory(prefix="fa-fresh-exercises-") as fresh:
+        write_fresh(ROOT / "solutions", Path(fresh))
+        return _check_both_ways(selected, fresh)
+
+
+def _check_both_ways(selected: list[int], fresh_stubs: str) -> int:
     problems = []
-    print("check-solutions: solutions must pass every graded test, untouched stubs must fail every one", flush=True)
+    print("check-solutions: solutions must pass every graded test, untouched stubs (freshly generated from"
+          " solutions/, not your exercises/) must fail every one", flush=True)
     for phase in selected:
         for tree in ("solutions", "exercises"):
             started = time.time()
             if os.path.exists(report_path(phase, tree)):
                 os.remove(report_path(phase, tree))  # never read a report left by an earlier run
-            proc = subprocess.run([sys.executable, "-m", "grader", "grade", "--phase", str(phase), "--impl", tree],
+            impl = fresh_stubs if tree == "exercises" else tree
+            proc = subprocess.run([sys.executable, "-m", "grader", "grade", "--phase", str(phase), "--impl", impl,
+                                   "--report", report_path(phase, tree)],
                                   cwd=ROOT, capture_output=True, text=True)
             rc = proc.returncode
             path = report_path(phase, tree)

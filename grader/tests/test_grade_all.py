@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from grader.generate import write_fresh
 from grader.impl import ROOT
 
 PHASE = 0  # the machinery is the same for every phase; phase 0 grades fastest
@@ -25,7 +26,7 @@ def submissions(tmp_path_factory):
     root = tmp_path_factory.mktemp("submissions")
     _copy(ROOT / "solutions", root / "correct")
     for name in ("untouched", "crash", "hang"):
-        _copy(ROOT / "exercises", root / name)
+        write_fresh(ROOT / "solutions", root / name)  # not exercises/, which may hold a student's work
     with open(root / "crash" / f"phase{PHASE}" / "__init__.py", "a") as f:
         f.write("\nimport ctypes\nctypes.string_at(0)  # a segmentation fault\n")
     with open(root / "hang" / f"phase{PHASE}" / "__init__.py", "a") as f:
