@@ -1,0 +1,91 @@
+"""Feedback that points at the bug: each message names what actually went wrong."""
+import pytest
+import torch
+
+from grader import honesty, numerics
+
+
+def _message(fn, x):
+    out = honesty.graded_call(fn, x, forbid=(), triton=False)
+    with pytest.raises(AssertionError) as caught:
+        numerics.assert_close("y", out, x.double(), x)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("buffer", ["same dtype", "float32 converted"])
+def test_unwritten_and_computed_nans_are_told_apart(dtype, buffer):
+    """Rows 2 and 3 never written, row 1 computed as 0/0: the poison's payload tells them apart."""
+    def kernel_like(x):
+        y = torch.empty(x.shape, dtype=x.dtype if buffer == "same dtype" else torch.float32)
+        y[0] = x[0]
+        y[1] = x[1] * 0 / 0
+        return y.to(x.dtype)
+
+    message = _message(kernel_like, torch.randn(4, 8, dtype=dtype))
+    if dtype == torch.bfloat16 and buffer == "float32 converted":
+        # torch converts every float32 NaN to the same bfloat16 bits on a CPU: no false verdict
+        assert "24 NaN, never written or computed" in message and "never written (" not in message, message
+        return
+    assert "16 never written" in message and "first at [2, 0]" in message, message
+    if dtype == torch.bfloat16:  # bfloat16 arithmetic rounds through float32: its NaN bits cannot tell
+        assert "8 NaN, never written or computed" in message, message
+    else:
+        assert "8 NaN computed by the code" in message and "first at [1, 0]" in message, message
+
+
+def test_a_fully_masked_row_of_plain_pytorch_is_a_computed_nan():
+    def attention_reference(x):  # a plain-PyTorch softmax over a row with every score masked
+        scores = x.masked_fill(torch.arange(8) >= 0, float("-inf"))
+        return torch.exp(scores - scores.amax(-1, keepdim=True))
+
+    message = _message(attention_reference, torch.randn(2, 8))
+    assert "16 NaN computed by the code" in message and "never written" not in message, message
+
+
+# ---------------------------------------------------------------- bad-input tests grade input handling only
+WRONG_KERNELS = {  # phase -> mutants that compute wrong values on the bad-input tests' good input
+    0: ("p0-ref-no-scale", "p0-softmax-pads-with-zero"),
+    1: ("p1-scores-no-scale", "p1-softmax-no-division"),
+    2: ("p2-flash-no-final-division",),
+    3: ("p3-no-final-division",),
+    4: ("p4-dk-not-scaled",),
+}
+
+
+@pytest.mark.parametrize("phase", sorted(WRONG_KERNELS))
+def test_a_wrong_kernel_keeps_the_bad_input_points(phase, tmp_path):
+    """Every `*refuses_bad_input` test passes for kernels that validate their input but compute wrong
+    values: the numbers are the other tests' business."""
+    from grader.mutants import build_copy, catalogue, patched
+    from grader.tests import submissions
+
+    mutants = {m.name: m for m in catalogue([phase])}
+    folder = build_copy(mutants[WRONG_KERNELS[phase][0]], phase, tmp_path / f"wrong-phase{phase}")
+    for name in WRONG_KERNELS[phase][1:]:
+        target = folder / mutants[name].file
+        target.write_text(patched(target.read_text(), mutants[name]))
+    proc, report, rows = submissions.grade(folder, phase, "-k", "refuses")
+    graded = {n: r for n, r in rows.items() if "refuses" in n and r["outcome"] != "skipped"}
+    assert graded, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert all(r["outcome"] == "passed" for r in graded.values()), {n: r["message"] for n, r in graded.items()}
+
+
+# ---------------------------------------------------------------- NaN blamed on reads only when reads caused it
+@pytest.mark.parametrize("mutant, blamed", [
+    ("p3-causal-hides-diagonal", False),  # query 0 sees no key: a NaN of its own, blocks are skipped
+    ("p3-no-causal-block-skipping", True),  # loads the invisible blocks: the NaN there comes in
+])
+def test_causal_reads_are_blamed_only_when_they_happen(mutant, blamed, tmp_path):
+    from grader.mutants import build_copy, catalogue
+    from grader.tests import submissions
+
+    m = next(m for m in catalogue([3]) if m.name == mutant)
+    folder = build_copy(m, 3, tmp_path / mutant)
+    proc, report, rows = submissions.grade(folder, 3, "-k", "causal_never_reads_invisible_keys")
+    row = rows.get("causal_never_reads_invisible_keys")
+    assert row and row["outcome"] == "failed", proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert ("skips their blocks" in row["message"]) == blamed, row["message"]
+    if not blamed:
+        assert "NaN computed by the code" in row["message"] and "not from reading them" in row["message"], \
+            row["message"]
