@@ -34,7 +34,9 @@ from pathlib import Path
 from grader.impl import ROOT
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-TODO = re.compile(r"#\s*TODO\(phase (\d+)\):\s*(.+?)\s*$")
+# `# TODO(phase N): what` or `# TODO(phase N, id): what`; the id keys the TODO's hints (grader.hints).
+TODO = re.compile(r"#\s*TODO\(phase (\d+)(?:,\s*[\w.-]+)?\):\s*(.+?)\s*$")
+COPIED = ("hints.toml",)  # data files of a phase that the exercises carry as they are
 MANIFEST = ".generated.json"
 HEADER = ("# Generated from {source} by `make exercises`: fill in the TODOs below.\n"
           "# Regenerating never overwrites a file you have edited (unless forced).\n")
@@ -95,7 +97,7 @@ def _digest(text: str) -> str:
 
 
 def expected_files(solutions: Path) -> dict[str, str]:
-    """relative path -> generated text, for every Python file under solutions/."""
+    """relative path -> generated text, for every Python file under solutions/ (and the COPIED data files)."""
     files = {}
     for path in sorted(solutions.rglob("*.py")):
         if "__pycache__" in path.parts:
@@ -104,6 +106,9 @@ def expected_files(solutions: Path) -> dict[str, str]:
         text = stub_source(path.read_text(), f"solutions/{rel}")
         has_regions = text != path.read_text()
         files[rel] = (HEADER.format(source=f"solutions/{rel}") + text) if has_regions else text
+    for name in COPIED:
+        for path in sorted(solutions.rglob(name)):
+            files[path.relative_to(solutions).as_posix()] = path.read_text()
     return files
 
 

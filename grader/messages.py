@@ -3,6 +3,7 @@ import re
 import traceback
 from pathlib import Path
 
+from grader import hints
 from grader.bounds import OutOfBoundsError
 from grader.impl import ROOT
 
@@ -57,16 +58,15 @@ def render(summary: dict) -> list[str]:
     for name, state in summary["tiers"].items():
         lines.append(f"  tier {name:<12} {state}")
     lines += ["-" * WIDTH, f"{'points':>7}  {'result':<7} {'tier':<12} test", "-" * WIDTH]
-    todos = []
+    todos = hints.references(summary)  # a stub's long message is printed once, below the table
     for row in summary["tests"]:
         result = {"passed": "PASS", "failed": "FAIL", "skipped": "not run"}[row["outcome"]]
         earned = row["points"] if row["outcome"] == "passed" else 0
         points = f"{_fmt_points(earned)}/{_fmt_points(row['points'])}"
         lines.append(f"{points:>7}  {result:<7} {row['tier']:<12} {row['name']}")
         if row["outcome"] == "failed":
-            lines.append(f"{'':>29}-> {row['message']}")
-            if row["message"].startswith("TODO") and row["message"] not in todos:
-                todos.append(row["message"])
+            todo = todos.get(row["message"])
+            lines.append(f"{'':>29}-> " + (f"{todo} is not written yet (listed below)" if todo else row["message"]))
         for line in _metric_lines(row.get("metrics", {})):
             lines.append(f"{'':>29}   {line}")
     lines.append("-" * WIDTH)
@@ -81,7 +81,8 @@ def render(summary: dict) -> list[str]:
                      " lacks (they are not counted as passed)")
     if todos:
         lines.append(f"Unimplemented: {len(todos)} TODO(s) still raise their stub message:")
-        lines += [f"  - {t.removeprefix('TODO ')}" for t in todos]
+        lines += [f"  {name}: {message.removeprefix('TODO ')}" for message, name in todos.items()]
+        lines.append(f"  Stuck? `make hint PHASE={phase} TODO=k` gives a hint for TODO k, one level per call.")
     lines.append("=" * WIDTH)
     return lines
 

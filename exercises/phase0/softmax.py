@@ -21,10 +21,10 @@ def softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride,
     y_row = y_ptr + row * y_row_stride
     cols = tl.arange(0, BLOCK)
     if ONE_BLOCK:
-        # TODO(phase 0): the row fits in one block: load it (pad with -inf), subtract its max, exponentiate, divide by the sum, store in y's dtype
+        # TODO(phase 0, one-block): the row fits in one block: load it (pad with -inf), subtract its max, exponentiate, divide by the sum, store in y's dtype
         tl.static_assert(False, "phase 0: the row fits in one block: load it (pad with -inf), subtract its max, exponentiate, divide by the sum, store in y's dtype")
     else:
-        # TODO(phase 0): the row is wider than a block: sweep it three times (running max, then sum of exp(x - max), then write exp(x - max) / sum)
+        # TODO(phase 0, three-sweeps): the row is wider than a block: sweep it three times (running max, then sum of exp(x - max), then write exp(x - max) / sum)
         tl.static_assert(False, "phase 0: the row is wider than a block: sweep it three times (running max, then sum of exp(x - max), then write exp(x - max) / sum)")
 
 

@@ -25,9 +25,9 @@ def online_softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride, BLOC
     x_row = x_ptr + row * x_row_stride
     y_row = y_ptr + row * y_row_stride
     cols = tl.arange(0, BLOCK)
-    # TODO(phase 2): one sweep over the row in chunks of BLOCK: keep the running max m and sum l (scalars in float32); for each chunk m_new = max(m, max(x)), l = l * exp(m - m_new) + sum(exp(x - m_new)), m = m_new
+    # TODO(phase 2, online-sweep): one sweep over the row in chunks of BLOCK: keep the running max m and sum l (scalars in float32); for each chunk m_new = max(m, max(x)), l = l * exp(m - m_new) + sum(exp(x - m_new)), m = m_new
     tl.static_assert(False, "phase 2: one sweep over the row in chunks of BLOCK: keep the running max m and sum l (scalars in float32); for each chunk m_new = max(m, max(x)), l = l * exp(m - m_new) + sum(exp(x - m_new)), m = m_new")
-    # TODO(phase 2): a second sweep writes y = exp(x - m) / l in y's dtype (the only other read of x)
+    # TODO(phase 2, write): a second sweep writes y = exp(x - m) / l in y's dtype (the only other read of x)
     tl.static_assert(False, "phase 2: a second sweep writes y = exp(x - m) / l in y's dtype (the only other read of x)")
 
 

@@ -59,7 +59,7 @@ def test_gradebook_of_correct_untouched_crashing_and_hanging_submissions(submiss
     assert float(rows["hang"]["total"]) == 0 and "time limit" in rows["hang"]["status"]
     header = next(csv.reader((out / "gradebook.csv").read_text().splitlines()))
     report = json.loads((out / "reports" / "correct.json").read_text())
-    assert len(header) == 5 + len(report["tests"])  # one column per test
+    assert len(header) == 6 + len(report["tests"])  # one column per test, hints taken
     for name in rows:
         r = json.loads((out / "reports" / f"{name}.json").read_text())
         assert r["submission"] == name and len(r["tests"]) == len(report["tests"])

@@ -13,7 +13,7 @@ from .backward import flash_attention_backward
 class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, sm_scale):
-        # TODO(phase 4): run the phase-3 forward (o, lse = flash_attention_forward(...)) and save for the backward only q, k, v, o and lse (ctx.save_for_backward), never P
+        # TODO(phase 4, save): run the phase-3 forward (o, lse = flash_attention_forward(...)) and save for the backward only q, k, v, o and lse (ctx.save_for_backward), never P
         ### BEGIN SOLUTION
         o, lse = flash_attention_forward(q, k, v, causal=causal, sm_scale=sm_scale)
         ctx.save_for_backward(q, k, v, o, lse)
@@ -23,7 +23,7 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        # TODO(phase 4): get q, k, v, o, lse back from ctx.saved_tensors, call flash_attention_backward and return one gradient per input of forward (None for causal and sm_scale)
+        # TODO(phase 4, grads): get q, k, v, o, lse back from ctx.saved_tensors, call flash_attention_backward and return one gradient per input of forward (None for causal and sm_scale)
         ### BEGIN SOLUTION
         q, k, v, o, lse = ctx.saved_tensors
         dq, dk, dv = flash_attention_backward(do, q, k, v, o, lse, causal=ctx.causal, sm_scale=ctx.sm_scale)
