@@ -129,3 +129,23 @@ def test_make_grade_test_runs_one_test_verbosely(bad_arange):
     assert "test_flash_attention_v1[fp32-N1-D16] FAILED" in out, out[-3000:]  # -v
     assert "raise InterpreterError(repr(e)) from e" in out and "flash.py:" in out, out[-3000:]  # the full traceback
     assert where in out
+
+
+# ---------------------------------------------------------------- TRITON_INTERPRET set too late
+@pytest.mark.parametrize("import_triton_first", [True, False])
+def test_interpreter_set_after_importing_triton_says_what_to_do(import_triton_first):
+    import os
+    import subprocess
+    import sys
+
+    from grader.impl import ROOT
+
+    code = ("import triton\n" if import_triton_first else "") + (
+        "from grader import runtime\nruntime.configure()\n"
+        "import torch\nfrom solutions.phase0 import softmax\nprint(float(softmax(torch.zeros(2, 4)).sum()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"FA_FORCE_CPU": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    if import_triton_first:
+        assert proc.returncode != 0 and "set it before anything imports triton" in proc.stderr, proc.stderr[-2000:]
+    else:
+        assert proc.returncode == 0 and proc.stdout.strip() == "2.0", proc.stderr[-2000:]
