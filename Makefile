@@ -37,8 +37,8 @@ endif
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-grade: $(SETUP) ## grade one phase: PHASE=N [IMPL=exercises|solutions|a submission folder]
-	@$(PY) -m grader grade --phase $(PHASE) --impl $(IMPL)
+grade: $(SETUP) ## grade one phase: PHASE=N [IMPL=exercises|solutions|a submission folder] [TEST=name: that test alone, full traceback]
+	@$(PY) -m grader grade --phase $(PHASE) --impl $(IMPL) $(if $(TEST),--test '$(TEST)',)
 
 hint: ## hints, one level per call: PHASE=N lists the TODOs, PHASE=N TODO=k reveals the next hint of TODO k
 	@python3 -m grader.hints --phase $(PHASE) --impl $(IMPL) $(if $(TODO),--todo $(TODO),)

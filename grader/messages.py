@@ -17,12 +17,34 @@ def _chain(exc):
         exc = exc.__cause__ or exc.__context__
 
 
-def _where_in_course(tb) -> str:
-    """The innermost frame inside exercises/ or solutions/: where the student should look."""
-    for frame in reversed(traceback.extract_tb(tb)):
-        path = Path(frame.filename)
-        if path.is_relative_to(ROOT) and path.relative_to(ROOT).parts[0] in ("exercises", "solutions"):
-            return f" ({path.relative_to(ROOT)}:{frame.lineno})"
+SUBMISSION_FILE = re.compile(r".*/fa_submission_[0-9a-f]+/")
+
+
+def course_path(filename: str) -> str | None:
+    """`filename` as the student knows it (exercises/phase2/flash.py; phase2/flash.py in a submission
+    folder), or None when it is not graded code (torch, Triton, the grader)."""
+    if SUBMISSION_FILE.match(filename):
+        return SUBMISSION_FILE.sub("", filename)
+    path = Path(filename)
+    if path.is_relative_to(ROOT) and path.relative_to(ROOT).parts[0] in ("exercises", "solutions"):
+        return str(path.relative_to(ROOT))
+    return None
+
+
+def location(filename: str, lineno: int, code: str | None) -> str:
+    """`exercises/phase2/flash.py:50: offs_n = ...`: where to look, with the line itself."""
+    code = (code or "").strip()
+    return f"{course_path(filename) or filename}:{lineno}" + (f": {code[:90]}" if code else "")
+
+
+def _where_in_course(exc) -> str:
+    """The innermost frame of graded code in the exception's chain: where the student should look.
+    Triton's interpreter raises InterpreterError from the kernel's own error, whose traceback holds
+    the kernel's line; the InterpreterError's own stops at the launch."""
+    for link in reversed(list(_chain(exc))):  # the innermost error first
+        for frame in reversed(traceback.extract_tb(link.__traceback__)):
+            if course_path(frame.filename):
+                return f" (at {location(frame.filename, frame.lineno, frame.line)})"
     return ""
 
 
@@ -42,7 +64,12 @@ def describe(excinfo) -> str:
     first = text[0] if text else ""
     if isinstance(exc, AssertionError):
         return first or "assertion failed"
-    return f"{type(exc).__name__}: {first}{_where_in_course(excinfo.tb)}"
+    shown = exc
+    if type(exc).__name__ == "InterpreterError" and exc.__cause__ is not None:
+        shown = exc.__cause__  # its own message is repr() of the kernel's error
+        text = str(shown).strip().splitlines()
+        first = text[0] if text else ""
+    return f"{type(shown).__name__}: {first}{_where_in_course(exc)}"
 
 
 def _fmt_points(x: float) -> str:

@@ -89,3 +89,63 @@ def test_causal_reads_are_blamed_only_when_they_happen(mutant, blamed, tmp_path)
     if not blamed:
         assert "NaN computed by the code" in row["message"] and "not from reading them" in row["message"], \
             row["message"]
+
+
+# ---------------------------------------------------------------- errors point at the kernel's line
+BAD_ARANGE = ("    offs_n = tl.arange(0, BLOCK_N)\n", "    offs_n = tl.arange(0, BLOCK_N) + tl.arange(0, 10)\n")
+
+
+@pytest.fixture(scope="module")
+def bad_arange(tmp_path_factory):
+    """Phase 2's flash kernel with a tl.arange the interpreter and the compiler both refuse."""
+    from grader.tests import submissions
+
+    folder = submissions.make(tmp_path_factory.mktemp("bad-arange"), "bad", {"phase2/flash.py": [BAD_ARANGE]})
+    line = (folder / "phase2" / "flash.py").read_text().splitlines().index(BAD_ARANGE[1].rstrip("\n")) + 1
+    return folder, f"(at phase2/flash.py:{line}: offs_n = tl.arange(0, BLOCK_N) + tl.arange(0, 10))"
+
+
+def test_interpreter_and_compiler_errors_name_the_kernel_line(bad_arange):
+    from grader.tests import submissions
+
+    folder, where = bad_arange
+    proc, report, rows = submissions.grade(folder, 2, "-k", "flash_attention_v1 and N1-D16 or flash_kernel_compiles")
+    interpreted, compiled = rows["flash_attention_v1[fp32-N1-D16]"]["message"], rows["flash_kernel_compiles"]["message"]
+    assert interpreted == f"ValueError: arange's range must be a power of 2 {where}", interpreted
+    assert compiled.endswith(f"does not compile for sm_80: arange's range must be a power of 2 {where}"), compiled
+
+
+def test_make_grade_test_runs_one_test_verbosely(bad_arange):
+    import subprocess
+    import sys
+
+    from grader.impl import ROOT
+
+    folder, where = bad_arange
+    proc = subprocess.run(["make", "-s", "grade", "PHASE=2", f"IMPL={folder}", "TEST=flash_attention_v1 and N1-D16",
+                           f"PY={sys.executable}", "SETUP="], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "1 failed" in out and "deselected" in out, out[-3000:]
+    assert "test_flash_attention_v1[fp32-N1-D16] FAILED" in out, out[-3000:]  # -v
+    assert "raise InterpreterError(repr(e)) from e" in out and "flash.py:" in out, out[-3000:]  # the full traceback
+    assert where in out
+
+
+# ---------------------------------------------------------------- TRITON_INTERPRET set too late
+@pytest.mark.parametrize("import_triton_first", [True, False])
+def test_interpreter_set_after_importing_triton_says_what_to_do(import_triton_first):
+    import os
+    import subprocess
+    import sys
+
+    from grader.impl import ROOT
+
+    code = ("import triton\n" if import_triton_first else "") + (
+        "from grader import runtime\nruntime.configure()\n"
+        "import torch\nfrom solutions.phase0 import softmax\nprint(float(softmax(torch.zeros(2, 4)).sum()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"FA_FORCE_CPU": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    if import_triton_first:
+        assert proc.returncode != 0 and "set it before anything imports triton" in proc.stderr, proc.stderr[-2000:]
+    else:
+        assert proc.returncode == 0 and proc.stdout.strip() == "2.0", proc.stderr[-2000:]
