@@ -149,3 +149,47 @@ def test_interpreter_set_after_importing_triton_says_what_to_do(import_triton_fi
         assert proc.returncode != 0 and "set it before anything imports triton" in proc.stderr, proc.stderr[-2000:]
     else:
         assert proc.returncode == 0 and proc.stdout.strip() == "2.0", proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- bfloat16 under the interpreter
+BF16_SCRIPT = """
+from grader import runtime
+runtime.configure()  # the interpreter, with grader.runtime's bfloat16 fixes
+import torch, triton, triton.language as tl
+from grader import numerics
+from solutions.phase3 import flash_attention_forward
+
+@triton.jit
+def dot_kernel(a_ptr, b_ptr, c_ptr, N: tl.constexpr):
+    r = tl.arange(0, N)
+    ab = tl.dot(tl.load(a_ptr + r[:, None] * N + r[None, :]), tl.load(b_ptr + r[:, None] * N + r[None, :]))
+    tl.store(c_ptr + r[:, None] * N + r[None, :], ab.to(tl.bfloat16))
+
+torch.manual_seed(0)
+a, b = torch.randn(16, 16, dtype=torch.bfloat16), torch.randn(16, 16, dtype=torch.bfloat16)
+c = torch.empty(16, 16, dtype=torch.bfloat16)
+dot_kernel[(1,)](a, b, c, N=16)
+assert torch.equal(c, (a.float() @ b.float()).bfloat16()), (c - (a.float() @ b.float())).abs().max()
+q, k, v = (torch.randn(1, 2, 40, 64, dtype=torch.bfloat16) for _ in range(3))
+for causal in (False, True):
+    o, lse = flash_attention_forward(q, k, v, causal=causal)
+    numerics.assert_close("o", o, numerics.reference_attention(q, k, v, causal)[0], numerics.sdpa(q, k, v, causal))
+print("ok")
+"""
+
+
+def test_bfloat16_is_computed_right_under_the_interpreter(tmp_path):
+    """Triton's interpreter multiplies bfloat16's raw bits as integers (values near 1e10) and truncates
+    float32 -> bfloat16; the grader's runtime fixes both, so bfloat16 is exact to the GPU's rounding."""
+    import os
+    import subprocess
+    import sys
+
+    from grader.impl import ROOT
+
+    (tmp_path / "bf16_check.py").write_text(BF16_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
+        "FA_FORCE_CPU": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(tmp_path / "bf16_check.py")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
