@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from grader import bounds, hints, impl, messages, scoring, tiers, usage, warmup  # noqa: E402
+from grader import bounds, gpulock, hints, impl, messages, scoring, tiers, usage, warmup  # noqa: E402
 
 PUBLIC_SEED = 0
 _CRASH_LOG = None  # kept open for faulthandler
@@ -88,6 +88,17 @@ def api(request):
     """The graded phase's package (exercises.phaseN or solutions.phaseN), noting which functions a
     test uses (a function caught cheating loses the points of every test that uses it)."""
     return usage.RecordingAPI(impl.load(request.module.PHASE))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """GPU tests share the GPU with other gradings; a timing has it alone (see grader.gpulock). A
+    warm-up process only compiles (its timings are a single call), so it shares."""
+    tier = tiers.of(item)
+    if tier not in ("gpu", "throughput") or not runtime.has_cuda():
+        return (yield)
+    with gpulock.hold(exclusive=tier == "throughput" and not item.config.getoption("warm_shard")):
+        return (yield)
 
 
 def _points(item) -> float:

@@ -123,7 +123,8 @@ def _without_report(args: list[str]) -> list[str]:
     return out
 
 
-def run_shards(args: list[str], count: int, rootdir: str, timeout_s: float = 600) -> list[float]:
+def run_shards(args: list[str], count: int, rootdir: str, timeout_s: float = 600,
+               env: dict | None = None) -> list[float]:
     """Run the pytest invocation `args` in `count` processes sharing one queue of tests; the
     seconds each process took."""
     started = time.time()
@@ -132,7 +133,7 @@ def run_shards(args: list[str], count: int, rootdir: str, timeout_s: float = 600
         procs = [subprocess.Popen([sys.executable, "-m", "pytest", *_without_report(args),
                                    "--warm-shard", claims, "-q", "--tb=no"],
                                   cwd=rootdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
+                                  start_new_session=True, env=env)
                  for _ in range(count)]
         seconds = [0.0] * count
         while not all(seconds):
@@ -147,3 +148,28 @@ def run_shards(args: list[str], count: int, rootdir: str, timeout_s: float = 600
                         seconds[i] = time.time() - started
             time.sleep(0.1)
     return seconds
+
+
+def warm_phases(phases: list[int], tree: str) -> tuple[list[int], list[float]]:
+    """One warm-up for several phases of `tree` at once (`make check-solutions` on a GPU): a single
+    queue over all their tests, heaviest tiers of every phase first, so that no phase's long pole
+    waits behind another phase's light tests. Phases warmed before are left out. Returns the phases
+    warmed and the seconds each process took."""
+    env = {**os.environ, "FA_IMPL": tree}
+    previous = os.environ.get("FA_IMPL")
+    os.environ["FA_IMPL"] = tree  # the stamps name the tree through FA_IMPL
+    try:
+        todo = [p for p in phases if not warmed_before(p)]
+        if not todo:
+            return [], []
+        files = [str(ROOT / "grader" / "phases" / f"test_phase{p}.py") for p in todo]
+        seconds = run_shards([*files, "-p", "grader.plugin", "--rootdir", str(ROOT)],
+                             shard_count(10 * len(todo)), str(ROOT), env=env)
+        for p in todo:
+            mark_warmed(p)
+        return todo, sorted(seconds)
+    finally:
+        if previous is None:
+            del os.environ["FA_IMPL"]
+        else:
+            os.environ["FA_IMPL"] = previous

@@ -1,0 +1,31 @@
+"""One GPU, several gradings at once: a readers-writer lock between processes.
+
+`make check-solutions` grades every phase at the same time on a GPU machine (compiling is CPU work
+and the machine has many cores). Correctness tests may share the GPU; a timing may not: a kernel
+timed while another process's kernels run beside it would measure the other process too. So the
+tests of the gpu tier hold this lock shared and the throughput tests hold it exclusively
+(grader.plugin), for the whole test: the baseline and the student's kernel are timed under one
+hold, so their ratio compares like with like.
+
+`flock` on one file per user: every process on the machine sees it, and the kernel releases it when
+its holder dies, so a crashed test never leaves the GPU locked. A single grading takes the lock
+without ever waiting for it.
+"""
+import contextlib
+import fcntl
+import os
+import tempfile
+
+
+def path() -> str:
+    return os.path.join(tempfile.gettempdir(), f"fa-course-gpu-{os.getuid()}.lock")
+
+
+@contextlib.contextmanager
+def hold(exclusive: bool):
+    fd = os.open(path(), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
