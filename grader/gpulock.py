@@ -3,9 +3,10 @@
 `make check-solutions` grades every phase at the same time on a GPU machine (compiling is CPU work
 and the machine has many cores). Correctness tests may share the GPU; a timing may not: a kernel
 timed while another process's kernels run beside it would measure the other process too. So the
-tests of the gpu tier hold this lock shared and the throughput tests hold it exclusively
-(grader.plugin), for the whole test: the baseline and the student's kernel are timed under one
-hold, so their ratio compares like with like.
+tests of the gpu tier hold this lock shared (grader.plugin) and every timing holds it exclusively
+(grader.timing.median_ms): the student's kernel and the PyTorch baseline it is compared with are
+each timed with the GPU to themselves. A timing waits until no correctness test holds the lock
+(flock favours neither side, so it may wait for a run of them).
 
 `flock` on one file per user: every process on the machine sees it, and the kernel releases it when
 its holder dies, so a crashed test never leaves the GPU locked. A single grading takes the lock

@@ -1,6 +1,8 @@
 """GPU timing and the two ceilings of the device, measured rather than taken from a datasheet."""
 import torch
 
+from grader import gpulock
+
 
 # Set in the grader's warm-up processes (grader.warmup), which only fill Triton's kernel cache: a
 # timing there would run beside a dozen other processes on the same GPU and mean nothing.
@@ -10,17 +12,19 @@ compile_only = False
 def median_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
     """Median of repeated runs, timed with CUDA events and the L2 cache flushed between them.
 
+    The GPU is ours alone while timing: other gradings on this machine wait (grader.gpulock).
     In a warm-up process: one call (it compiles what the timing would) and NaN, which fails any
     ratio it goes into.
     """
     import triton.testing
 
     if compile_only:
-        fn()
-        torch.cuda.synchronize()
+        with gpulock.hold(exclusive=False):
+            fn()
+            torch.cuda.synchronize()
         return float("nan")
-
-    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    with gpulock.hold(exclusive=True):
+        return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
 def tflops(flops: float, ms: float) -> float:
