@@ -93,8 +93,10 @@ def api(request):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """Tests of the gpu tier share the GPU with other gradings (see grader.gpulock); a throughput
-    test's timings take it alone, one timing at a time (grader.timing.median_ms)."""
-    if tiers.of(item) != "gpu" or not runtime.has_cuda():
+    test's timings take it alone, one timing at a time (grader.timing.median_ms). In a warm-up
+    process a throughput test times nothing, and shares too."""
+    shares = ("gpu", "throughput") if item.config.getoption("warm_shard") else ("gpu",)
+    if tiers.of(item) not in shares or not runtime.has_cuda():
         return (yield)
     with gpulock.hold(exclusive=False):
         return (yield)
@@ -152,6 +154,9 @@ class GradingSession:
         path = None if config.getoption("warm_shard") else config.getoption("progress")
         self.progress = Progress(path) if path else None
         self.gpu_fault = None
+        self.warm = None  # a grader.warmup.Background beside the graded run
+        self.warm_queue: dict[str, int] = {}
+        self.claimed: set[str] = set()  # a warm-up process: the tests it took
         if self.progress:
             _note_launches(self.progress)
 
@@ -176,8 +181,14 @@ class GradingSession:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item):
         claims = self.config.getoption("warm_shard")
-        if claims and not warmup.claim(claims, self.warm_queue[item.nodeid]):
-            pytest.skip("another warm-up process runs this test")
+        if claims:  # a warm-up process: run the test only if nobody else has taken it
+            if not warmup.claim(claims, self.warm_queue[item.nodeid]):
+                pytest.skip("another warm-up process runs this test")
+            self.claimed.add(item.nodeid)
+        elif self.warm is not None and item.nodeid in self.warm_queue:  # the graded run, warm-up alongside
+            index = self.warm_queue[item.nodeid]
+            if not warmup.claim(self.warm.claims, index):
+                self.warm.wait_for(index)  # a warm-up process is compiling its kernels; they will be cached
 
     def _warmable(self, items):
         """Tests that will run here and compile kernels as they go (see grader.warmup)."""
@@ -207,6 +218,8 @@ class GradingSession:
             self.progress.write(test=item.nodeid, when="call")
 
     def pytest_runtest_logfinish(self, nodeid, location):
+        if nodeid in self.claimed:
+            warmup.mark_done(self.config.getoption("warm_shard"), self.warm_queue[nodeid])
         row = self.results.get(nodeid)
         if row is not None:
             row.update(usage.snapshot())
@@ -229,7 +242,7 @@ class GradingSession:
             row.setdefault("metrics", {})[key] = value
 
     def pytest_collection_finish(self, session):
-        if self.config.getoption("warm_shard") is None:
+        if self.config.getoption("warm_shard") is None and not self.config.getoption("only"):
             warmed = self._warmable(session.items)
             count = warmup.shard_count(len(warmed))
             phase = self.config.getoption("phase")
@@ -238,15 +251,11 @@ class GradingSession:
             if count:
                 reporter = self.config.pluginmanager.get_plugin("terminalreporter")
                 if reporter:
-                    reporter.write_line(f"warming Triton's kernel cache: {len(warmed)} tests in {count} processes ...")
-                seconds = sorted(warmup.run_shards(list(self.config.invocation_params.args), count,
-                                                   str(self.config.rootpath)))
-                if reporter:
-                    reporter.write_line(f"kernel cache warm after {seconds[-1]:.0f} s (processes took "
-                                        f"{seconds[0]:.0f} s to {seconds[-1]:.0f} s, median "
-                                        f"{seconds[len(seconds) // 2]:.0f} s); grading")
-                if phase is not None:
-                    warmup.mark_warmed(int(phase))
+                    reporter.write_line(f"warming Triton's kernel cache: {len(warmed)} tests in {count} processes, "
+                                        "grading alongside ...")
+                self.warm = warmup.Background(list(self.config.invocation_params.args), count,
+                                              str(self.config.rootpath))
+                self.warm_queue = {item.nodeid: i for i, item in enumerate(warmed)}
         for item in session.items:
             self.results.setdefault(item.nodeid, {"outcome": "passed", "message": "", "duration": 0.0})
             self.results[item.nodeid].update(
@@ -257,6 +266,15 @@ class GradingSession:
             self.progress.write(header=self.header(), items=items)
 
     def pytest_sessionfinish(self, session, exitstatus):
+        if self.warm is not None:
+            seconds = self.warm.finish()
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter:
+                reporter.write_line(f"warm-up processes took {seconds[0]:.0f} s to {seconds[-1]:.0f} s "
+                                    f"(median {seconds[len(seconds) // 2]:.0f} s)")
+            phase = self.config.getoption("phase")
+            if phase is not None and exitstatus != pytest.ExitCode.INTERRUPTED:
+                warmup.mark_warmed(int(phase))
         if self.progress:
             self.progress.write(end=int(exitstatus))
 

@@ -26,6 +26,7 @@ instead of compiling it.
 """
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,31 +124,62 @@ def _without_report(args: list[str]) -> list[str]:
     return out
 
 
+def mark_done(claims_dir: str, index: int) -> None:
+    """Test number `index`, claimed by this warm-up process, has run: its kernels are in the cache."""
+    open(os.path.join(claims_dir, f"{index}.done"), "w").close()
+
+
+class Background:
+    """`count` warm-up processes working through the shared queue of the pytest invocation `args`
+    while the caller goes on. The graded run claims each test before it runs it: a test no warm-up
+    process has taken yet it runs (and compiles) itself; one a warm-up process is running it waits
+    for (`wait_for`), then finds its kernels in the cache. Nothing is compiled twice, and the graded
+    run keeps pace with the warm-up instead of starting after it."""
+
+    def __init__(self, args: list[str], count: int, rootdir: str, timeout_s: float = 600,
+                 env: dict | None = None):
+        self.claims = tempfile.mkdtemp(prefix="fa-warm-")
+        self.started = time.time()
+        self.timeout_s = timeout_s
+        # `args` already loads this plugin (it is what called us).
+        self.procs = [subprocess.Popen([sys.executable, "-m", "pytest", *_without_report(args),
+                                        "--warm-shard", self.claims, "-q", "--tb=no"],
+                                       cwd=rootdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       start_new_session=True, env=env)
+                      for _ in range(count)]
+        self.seconds = [0.0] * count
+
+    def _all_exited(self) -> bool:
+        for i, proc in enumerate(self.procs):
+            if not self.seconds[i] and proc.poll() is not None:
+                self.seconds[i] = time.time() - self.started
+        if time.time() - self.started > self.timeout_s:  # a hanging submission: the graded run times it out itself
+            for i, proc in enumerate(self.procs):
+                if not self.seconds[i]:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    self.seconds[i] = time.time() - self.started
+        return all(self.seconds)
+
+    def wait_for(self, index: int) -> None:
+        """Until the warm-up process that claimed test number `index` has run it."""
+        done = os.path.join(self.claims, f"{index}.done")
+        while not os.path.exists(done) and not self._all_exited():
+            time.sleep(0.05)
+
+    def finish(self) -> list[float]:
+        """Wait for every process; the seconds each took, sorted."""
+        while not self._all_exited():
+            time.sleep(0.1)
+        shutil.rmtree(self.claims, ignore_errors=True)
+        return sorted(self.seconds)
+
+
 def run_shards(args: list[str], count: int, rootdir: str, timeout_s: float = 600,
                env: dict | None = None) -> list[float]:
-    """Run the pytest invocation `args` in `count` processes sharing one queue of tests; the
-    seconds each process took."""
-    started = time.time()
-    with tempfile.TemporaryDirectory(prefix="fa-warm-") as claims:
-        # `args` already loads this plugin (it is what called us).
-        procs = [subprocess.Popen([sys.executable, "-m", "pytest", *_without_report(args),
-                                   "--warm-shard", claims, "-q", "--tb=no"],
-                                  cwd=rootdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True, env=env)
-                 for _ in range(count)]
-        seconds = [0.0] * count
-        while not all(seconds):
-            for i, proc in enumerate(procs):
-                if not seconds[i] and proc.poll() is not None:
-                    seconds[i] = time.time() - started
-            if time.time() - started > timeout_s:  # a hanging submission: the graded run times it out itself
-                for i, proc in enumerate(procs):
-                    if not seconds[i]:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                        proc.wait()
-                        seconds[i] = time.time() - started
-            time.sleep(0.1)
-    return seconds
+    """Run the pytest invocation `args` in `count` processes sharing one queue of tests, and wait;
+    the seconds each process took."""
+    return Background(args, count, rootdir, timeout_s, env).finish()
 
 
 def warm_phases(phases: list[int], tree: str) -> tuple[list[int], list[float]]:
