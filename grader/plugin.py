@@ -270,6 +270,7 @@ class GradingSession:
             seconds = self.warm.finish()
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             if reporter:
+                reporter.ensure_newline()
                 reporter.write_line(f"warm-up processes took {seconds[0]:.0f} s to {seconds[-1]:.0f} s "
                                     f"(median {seconds[len(seconds) // 2]:.0f} s)")
             phase = self.config.getoption("phase")
