@@ -56,6 +56,7 @@ def pytest_configure(config):
         from grader import timing
 
         timing.compile_only = True  # a warm-up process compiles; it does not time (see grader.warmup)
+        os.nice(5)  # the graded run beside it comes first for the CPU
     config.pluginmanager.register(GradingSession(config), "grading-session")
 
 
@@ -100,6 +101,18 @@ def pytest_runtest_call(item):
         return (yield)
     with gpulock.hold(exclusive=False):
         return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Give the GPU memory this test is done with back to the device: other gradings may be running
+    on the same GPU (grader.gpulock), and PyTorch's allocator would otherwise keep it."""
+    result = yield
+    if tiers.of(item) in ("gpu", "throughput") and runtime.has_cuda():
+        import torch
+
+        torch.cuda.empty_cache()
+    return result
 
 
 def _points(item) -> float:
@@ -218,6 +231,8 @@ class GradingSession:
             self.progress.write(test=item.nodeid, when="call")
 
     def pytest_runtest_logfinish(self, nodeid, location):
+        if self.warm is not None:
+            self.warm.poll()  # note the warm-up processes that have ended (for their times)
         if nodeid in self.claimed:
             warmup.mark_done(self.config.getoption("warm_shard"), self.warm_queue[nodeid])
         row = self.results.get(nodeid)

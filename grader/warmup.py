@@ -149,7 +149,8 @@ class Background:
                       for _ in range(count)]
         self.seconds = [0.0] * count
 
-    def _all_exited(self) -> bool:
+    def poll(self) -> bool:
+        """True once every process has ended; notes when each did."""
         for i, proc in enumerate(self.procs):
             if not self.seconds[i] and proc.poll() is not None:
                 self.seconds[i] = time.time() - self.started
@@ -164,12 +165,12 @@ class Background:
     def wait_for(self, index: int) -> None:
         """Until the warm-up process that claimed test number `index` has run it."""
         done = os.path.join(self.claims, f"{index}.done")
-        while not os.path.exists(done) and not self._all_exited():
+        while not os.path.exists(done) and not self.poll():
             time.sleep(0.05)
 
     def finish(self) -> list[float]:
         """Wait for every process; the seconds each took, sorted."""
-        while not self._all_exited():
+        while not self.poll():
             time.sleep(0.1)
         shutil.rmtree(self.claims, ignore_errors=True)
         return sorted(self.seconds)
