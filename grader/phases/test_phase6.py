@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from grader import aot, bench, impl, numerics, runtime, timing
+from grader import aot, bench, impl, numerics, timing
 from grader.honesty import graded_call, timed
 from grader.inputs import FLOAT, assert_refuses, qkv, randn
 from grader.phases import test_phase4 as phase4
@@ -290,7 +290,7 @@ VARLEN_CASES = [
     pytest.param([32, 64, 17], [32, 64, 17], 2, 16, True, "fp16", id="fp16-causal-block-multiples"),
     pytest.param([7, 0, 20, 3], [7, 0, 20, 3], 2, 64, False, "fp16", id="fp16-empty-sequence"),
     pytest.param([12, 40, 1, 9], [30, 11, 6, 9], 1, 16, True, "fp32", id="fp32-causal-Nq-ne-Nk"),
-    pytest.param([12, 40, 2], [30, 11, 0], 2, 16, False, "fp16", id="fp16-Nq-ne-Nk-no-keys"),
+    pytest.param([12, 40, 2], [30, 11, 0], 2, 16, False, "fp32", id="fp32-Nq-ne-Nk-no-keys"),
     pytest.param([0, 9, 4], [6, 9, 4], 2, 128, True, "fp16", id="fp16-causal-D128-no-queries"),
     pytest.param([1000, 37, 2048, 5, 511], [1000, 37, 2048, 5, 511], 8, 128, True, "bf16",
                  id="bf16-causal-D128-long-mix", marks=gpu),
