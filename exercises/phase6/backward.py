@@ -1,0 +1,168 @@
+# Generated from solutions/phase6/backward.py by `make exercises`: fill in the TODOs below.
+# Regenerating never overwrites a file you have edited (unless forced).
+"""The backward pass over a packed batch, with dropout: Phase 4's two kernels, varlen offsets and
+the forward's dropout mask regenerated tile by tile.
+
+With a keep-mask M (0 or 1) and P_drop = P * M / (1 - p), the forward computes O = P_drop V. Then
+    dV = P_drop^T dO                       the dropped probabilities, scaled, as the forward used them;
+    dP = (dO V^T) * M / (1 - p)            the gradient reaches P only through the kept elements;
+    dS = P * (dP - delta),  delta_i = sum_j P_ij dP_ij = rowsum(dO * O)   (Phase 4's delta, unchanged).
+Both kernels call `dropout_keep` with the forward's (seed, head, row, column): the same mask, drawn
+again, never stored. Phase 4's preprocess kernel (delta, lse in log2 units) is reused as it is.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..phase4.backward import PRE_BLOCK, backward_config, bwd_preprocess_kernel
+from .dropout import dropout_keep
+from .varlen import as_heads
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qt, stride_dot, start_n, lo, hi, N_Q, qk_scale,
+                seed, bh, MAX_Q, MAX_K, dropout_p,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+                DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+    """Phase 4's transposed sweep over queries lo..hi of one sequence, with dropout."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        in_q = offs_m < N_Q
+        qT = tl.load(Q + offs_m[None, :] * stride_qt + offs_d[:, None], mask=in_q[None, :], other=0.0)
+        do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :], mask=in_q[:, None], other=0.0)
+        lse2 = tl.load(LSE2 + offs_m, mask=in_q, other=float("inf"))
+        delta = tl.load(DELTA + offs_m, mask=in_q, other=0.0)
+        # TODO(phase 6): Phase 4's recomputation of P^T for this tile (zeroed above the diagonal when MASK) and dP^T = v dO^T
+        tl.static_assert(False, "phase 6: Phase 4's recomputation of P^T for this tile (zeroed above the diagonal when MASK) and dP^T = v dO^T")
+        # TODO(phase 6): where dropout enters dV and dS: without DROPOUT, Phase 4's dv += P^T dO, dS^T = P^T (dP^T - delta), dk += dS^T q. With it, the forward's mask of this tile, transposed (dropout_keep with rows offs_m[None, :] and columns offs_n[:, None]): dv gets the kept P^T (its 1/(1-p) is applied once, after the sweep), dP^T keeps only the kept elements, times 1/(1-p), before delta is subtracted; dS^T uses the full P^T
+        tl.static_assert(False, "phase 6: where dropout enters dV and dS: without DROPOUT, Phase 4's dv += P^T dO, dS^T = P^T (dP^T - delta), dk += dS^T q. With it, the forward's mask of this tile, transposed (dropout_keep with rows offs_m[None, :] and columns offs_n[:, None]): dv gets the kept P^T (its 1/(1-p) is applied once, after the sweep), dP^T keeps only the kept elements, times 1/(1-p), before delta is subtracted; dS^T uses the full P^T")
+    return dk, dv
+
+
+@triton.jit
+def varlen_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV, CU_Q, CU_K, sm_scale, qk_scale, seed, dropout_p,
+                       stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+                       stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+                       H, TOTAL_Q, MAX_Q, MAX_K,
+                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       MASK_BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+                       PRECISION: tl.constexpr):
+    # (sequence * H + head) on the first grid axis: it may pass 65535, the limit of the others.
+    bh = tl.program_id(0)
+    seq = bh // H
+    h = (bh % H).to(tl.int64)
+    start_n = tl.program_id(1) * BLOCK_N
+    # TODO(phase 6): the varlen offsets, as in the forward: q_start, N_Q, k_start, N_K of this sequence; return when this key block starts at or past N_K
+    tl.static_assert(False, "phase 6: the varlen offsets, as in the forward: q_start, N_Q, k_start, N_K of this sequence; return when this key block starts at or past N_K")
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    in_k = offs_n[:, None] < N_K
+    k_rows = k_start.to(tl.int64) + offs_n[:, None]
+    k = tl.load(K + k_rows * stride_kt + h * stride_kh + offs_d[None, :], mask=in_k, other=0.0)
+    v = tl.load(V + k_rows * stride_vt + h * stride_vh + offs_d[None, :], mask=in_k, other=0.0)
+    Q += q_start.to(tl.int64) * stride_qt + h * stride_qh
+    DO += q_start.to(tl.int64) * stride_dot + h * stride_doh
+    LSE2 += h * TOTAL_Q + q_start
+    DELTA += h * TOTAL_Q + q_start
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    # TODO(phase 6): Phase 4's sweep over the query blocks that see this key block (causal: skip queries before start_n, the diagonal block masked in steps of MASK_BLOCK_M, the rest unmasked), over this sequence's N_Q queries
+    tl.static_assert(False, "phase 6: Phase 4's sweep over the query blocks that see this key block (causal: skip queries before start_n, the diagonal block masked in steps of MASK_BLOCK_M, the rest unmasked), over this sequence's N_Q queries")
+    if DROPOUT:
+        dv *= 1.0 / (1.0 - dropout_p)  # P_drop = P * M / (1 - p): the scale of dV, once per key row
+    dk *= sm_scale
+    tl.store(DK + k_rows * stride_dkt + h * stride_dkh + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=in_k)
+    tl.store(DV + k_rows * stride_dvt + h * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=in_k)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, start_m, lo, hi, N_K, qk_scale,
+              seed, bh, MAX_Q, MAX_K, dropout_p,
+              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+              CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+    """Phase 4's sweep over keys lo..hi of one sequence for a block of queries, with dropout."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_k = offs_n[None, :] < N_K
+        if MASK:
+            kT = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None], mask=in_k, other=0.0)
+            vT = tl.load(V + offs_n[None, :] * stride_vt + offs_d[:, None], mask=in_k, other=0.0)
+        else:
+            kT = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None])
+            vT = tl.load(V + offs_n[None, :] * stride_vt + offs_d[:, None])
+        # TODO(phase 6): Phase 4's recomputation of P for this tile (zeroed where MASK hides a key: past N_K, or after the row when CAUSAL) and dP = dO v^T
+        tl.static_assert(False, "phase 6: Phase 4's recomputation of P for this tile (zeroed where MASK hides a key: past N_K, or after the row when CAUSAL) and dP = dO v^T")
+        # TODO(phase 6): where dropout enters dS in the dQ kernel: when DROPOUT, keep only the forward's kept elements of dP (dropout_keep of rows offs_m, columns offs_n), times 1/(1-p); then Phase 4's dS = P (dP - delta) and dq += dS k
+        tl.static_assert(False, "phase 6: where dropout enters dS in the dQ kernel: when DROPOUT, keep only the forward's kept elements of dP (dropout_keep of rows offs_m, columns offs_n), times 1/(1-p); then Phase 4's dS = P (dP - delta) and dq += dS k")
+    return dq
+
+
+@triton.jit
+def varlen_dq_kernel(Q, K, V, DO, LSE2, DELTA, DQ, CU_Q, CU_K, sm_scale, qk_scale, seed, dropout_p,
+                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+                     stride_dqt, stride_dqh,
+                     H, TOTAL_Q, MAX_Q, MAX_K,
+                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     MASK_BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    bh = tl.program_id(0)
+    seq = bh // H
+    h = (bh % H).to(tl.int64)
+    start_m = tl.program_id(1) * BLOCK_M
+    # TODO(phase 6): the varlen offsets of this sequence (q_start, N_Q, k_start, N_K); return when this query block starts at or past N_Q
+    tl.static_assert(False, "phase 6: the varlen offsets of this sequence (q_start, N_Q, k_start, N_K); return when this query block starts at or past N_Q")
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    in_q = offs_m < N_Q
+    q_rows = q_start.to(tl.int64) + offs_m[:, None]
+    q = tl.load(Q + q_rows * stride_qt + h * stride_qh + offs_d[None, :], mask=in_q[:, None], other=0.0)
+    do = tl.load(DO + q_rows * stride_dot + h * stride_doh + offs_d[None, :], mask=in_q[:, None], other=0.0)
+    lse2 = tl.load(LSE2 + h * TOTAL_Q + q_start + offs_m, mask=in_q, other=0.0)
+    delta = tl.load(DELTA + h * TOTAL_Q + q_start + offs_m, mask=in_q, other=0.0)
+    K += k_start.to(tl.int64) * stride_kt + h * stride_kh
+    V += k_start.to(tl.int64) * stride_vt + h * stride_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    # TODO(phase 6): Phase 4's sweep over the key blocks this query block sees (unmasked whole blocks, then the masked rest in steps of MASK_BLOCK_N; causal stops at the diagonal), over this sequence's N_K keys
+    tl.static_assert(False, "phase 6: Phase 4's sweep over the key blocks this query block sees (unmasked whole blocks, then the masked rest in steps of MASK_BLOCK_N; causal stops at the diagonal), over this sequence's N_K keys")
+    dq *= sm_scale
+    tl.store(DQ + q_rows * stride_dqt + h * stride_dqh + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=in_q[:, None])
+
+
+def varlen_backward(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, sm_scale,
+                    dropout_p, seed, config=None):
+    """(dq, dk, dv) of packed inputs from dO, o and lse (H, total_q) as `varlen_forward` returned them."""
+    total_q, H, D = q.shape
+    n_seq = cu_seqlens_q.numel() - 1
+    q, k, v, o, do = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v, o, do))
+    (m1, n1, mask_m1, warps1, stages1), (m2, n2, mask_n2, warps2, stages2) = \
+        config or backward_config(D, q.dtype, q.device, causal)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    # Phase 4's preprocess on the (1, H, total_q, D) view: delta and lse2 come out (H, total_q).
+    lse2, delta = torch.empty_like(lse), torch.empty_like(lse)
+    lse3 = lse.unsqueeze(0)
+    bwd_preprocess_kernel[(triton.cdiv(total_q, PRE_BLOCK), H)](
+        as_heads(o), as_heads(do), lse3, lse2, delta, *as_heads(o).stride()[:3], *as_heads(do).stride()[:3],
+        *lse3.stride(), H, total_q, HEAD_DIM=D, BLOCK_M=PRE_BLOCK)
+
+    dq, dk, dv = (torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+    dropout = dropout_p > 0.0
+    common = (sm_scale, sm_scale * LOG2E, seed if dropout else 0, dropout_p)
+    strides = (*q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *do.stride()[:2])
+    varlen_dkdv_kernel[(n_seq * H, triton.cdiv(max_seqlen_k, n1))](
+        q, k, v, do, lse2, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, *common,
+        *strides, *dk.stride()[:2], *dv.stride()[:2], H, total_q, max_seqlen_q, max_seqlen_k,
+        HEAD_DIM=D, BLOCK_M=m1, BLOCK_N=n1, MASK_BLOCK_M=mask_m1, CAUSAL=causal, DROPOUT=dropout,
+        PRECISION=precision, num_warps=warps1, num_stages=stages1)
+    varlen_dq_kernel[(n_seq * H, triton.cdiv(max_seqlen_q, m2))](
+        q, k, v, do, lse2, delta, dq, cu_seqlens_q, cu_seqlens_k, *common,
+        *strides, *dq.stride()[:2], H, total_q, max_seqlen_q, max_seqlen_k,
+        HEAD_DIM=D, BLOCK_M=m2, BLOCK_N=n2, MASK_BLOCK_N=mask_n2, CAUSAL=causal, DROPOUT=dropout,
+        PRECISION=precision, num_warps=warps2, num_stages=stages2)
+    return dq, dk, dv

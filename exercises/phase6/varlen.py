@@ -1,0 +1,65 @@
+"""The packed layout of variable-length batches, and the checks that keep a kernel from reading
+past a sequence: flash-attn's `flash_attn_varlen_func` interface.
+
+A batch of sequences of different lengths is stored packed, one token after another, with no
+padding: q is (total_q, H, D), k and v (total_k, H, D). `cu_seqlens_q` (int32, batch + 1 entries)
+holds the prefix sums of the lengths: sequence b owns rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1].
+`max_seqlen_q` is the longest length: the kernels size their grid with it without reading
+cu_seqlens on the host. A wrong cu_seqlens is an out-of-bounds read or a silently wrong answer in a
+kernel, so it is checked here, once, before any launch.
+"""
+import torch
+
+from ..phase0.checks import check_attention_inputs
+
+
+def as_heads(x):
+    """(total, H, D) seen as (1, H, total, D): the dense kernels' (B, H, N, D) view, no copy."""
+    return x.unsqueeze(0).transpose(1, 2)
+
+
+def check_packed_inputs(q, k, v):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if isinstance(x, torch.Tensor) and x.dim() != 3:
+            raise ValueError(f"{name} must have 3 dimensions (total_tokens, H, D), got shape {tuple(x.shape)}")
+    check_attention_inputs(*(as_heads(x) if isinstance(x, torch.Tensor) else x for x in (q, k, v)))
+
+
+def _lengths(cu_seqlens, name, total, device):
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of int32, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype != torch.int32:
+        raise TypeError(f"{name} must have dtype int32, got {str(cu_seqlens.dtype).removeprefix('torch.')}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"{name} must be 1-D with batch + 1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != device:
+        raise ValueError(f"{name} is on {cu_seqlens.device}, q on {device}")
+    bounds = cu_seqlens.tolist()  # one small copy to the host: the checks below cannot run in a kernel
+    if bounds[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {bounds[0]}")
+    lengths = [b - a for a, b in zip(bounds, bounds[1:])]
+    if min(lengths) < 0:
+        at = lengths.index(min(lengths))
+        raise ValueError(f"{name} must be non-decreasing (prefix sums of lengths), but entry {at + 1} = "
+                         f"{bounds[at + 1]} < entry {at} = {bounds[at]}")
+    if bounds[-1] != total:
+        raise ValueError(f"{name}'s last entry {bounds[-1]} must equal the number of packed tokens {total}")
+    return lengths
+
+
+def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """Shapes, dtypes and devices of the packed inputs, and cu_seqlens / max_seqlen consistent with
+    them; returns (sequence lengths of q, of k)."""
+    check_packed_inputs(q, k, v)
+    len_q = _lengths(cu_seqlens_q, "cu_seqlens_q", q.shape[0], q.device)
+    len_k = _lengths(cu_seqlens_k, "cu_seqlens_k", k.shape[0], q.device)
+    if len(len_q) != len(len_k):
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe one batch: {len(len_q) + 1} and "
+                         f"{len(len_k) + 1} entries")
+    for name, value, lengths in (("max_seqlen_q", max_seqlen_q, len_q), ("max_seqlen_k", max_seqlen_k, len_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if value < max(lengths):
+            raise ValueError(f"{name}={value} is smaller than the longest sequence ({max(lengths)} tokens): "
+                             "the kernels would skip its last rows")
+    return len_q, len_k
