@@ -25,9 +25,8 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, start_n, 
     k_ptrs += start_n * stride_kn
     v_ptrs += start_n * stride_vn
     for start in range(start_n, end_n, BLOCK_N):
-        cols = start + offs_n
-        # TODO(phase 6): Phase 3's step for one key block, up to the matmul with V: load k (rows >= N_K as 0 when MASKED), the scores, -inf where MASKED hides a key (past N_K, or after the row when CAUSAL), the new running max m_ij, p, alpha, l_i and acc rescaled, and v loaded; every index is local to the sequence
-        tl.static_assert(False, "phase 6: Phase 3's step for one key block, up to the matmul with V: load k (rows >= N_K as 0 when MASKED), the scores, -inf where MASKED hides a key (past N_K, or after the row when CAUSAL), the new running max m_ij, p, alpha, l_i and acc rescaled, and v loaded; every index is local to the sequence")
+        # TODO(phase 6): Phase 3's step for one key block, up to the matmul with V: cols, the block's key indices; load k (rows >= N_K as 0 when MASKED), the scores, -inf where MASKED hides a key (past N_K, or after the row when CAUSAL), the new running max m_ij, p, alpha, l_i and acc rescaled, and v loaded; every index is local to the sequence
+        tl.static_assert(False, "phase 6: Phase 3's step for one key block, up to the matmul with V: cols, the block's key indices; load k (rows >= N_K as 0 when MASKED), the scores, -inf where MASKED hides a key (past N_K, or after the row when CAUSAL), the new running max m_ij, p, alpha, l_i and acc rescaled, and v loaded; every index is local to the sequence")
         # TODO(phase 6): where dropout enters O: when DROPOUT, zero the dropped probabilities (dropout_keep of this tile: rows offs_m, columns cols, head bh) after they went into l_i (the softmax normalizes over every key, dropped or not) and before acc += p v (p in v's dtype); the 1/(1-p) comes once, at the end
         tl.static_assert(False, "phase 6: where dropout enters O: when DROPOUT, zero the dropped probabilities (dropout_keep of this tile: rows offs_m, columns cols, head bh) after they went into l_i (the softmax normalizes over every key, dropped or not) and before acc += p v (p in v's dtype); the 1/(1-p) comes once, at the end")
         k_ptrs += BLOCK_N * stride_kn
