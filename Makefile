@@ -21,7 +21,7 @@ PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 endif
 
-ifneq ($(filter grade grade-all bench,$(MAKECMDGOALS)),)
+ifneq ($(filter grade grade-all bench hint,$(MAKECMDGOALS)),)
 ifeq ($(filter $(PHASE),$(COURSE_PHASES)),)
 $(error PHASE must be one of: $(COURSE_PHASES) -- e.g. make grade PHASE=0 [IMPL=exercises|solutions])
 endif
@@ -32,13 +32,16 @@ endif
 endif
 endif
 
-.PHONY: help grade bench check-solutions test mutants exercises measure figures lint clean release nbgrader grade-all
+.PHONY: help grade hint bench check-solutions test mutants exercises measure figures lint clean release nbgrader grade-all
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-grade: $(SETUP) ## grade one phase: PHASE=N [IMPL=exercises|solutions|a submission folder]
-	@$(PY) -m grader grade --phase $(PHASE) --impl $(IMPL)
+grade: $(SETUP) ## grade one phase: PHASE=N [IMPL=exercises|solutions|a submission folder] [TEST=name: that test alone, full traceback]
+	@$(PY) -m grader grade --phase $(PHASE) --impl $(IMPL) $(if $(TEST),--test '$(TEST)',)
+
+hint: ## hints, one level per call: PHASE=N lists the TODOs, PHASE=N TODO=k reveals the next hint of TODO k
+	@python3 -m grader.hints --phase $(PHASE) --impl $(IMPL) $(if $(TODO),--todo $(TODO),)
 
 bench: $(SETUP) ## GPU: time PHASE=N's kernels (pytest-benchmark, CUDA events); each run saved and compared with the last
 	@$(PY) -m grader bench --phase $(PHASE) --impl $(IMPL)
@@ -46,8 +49,8 @@ bench: $(SETUP) ## GPU: time PHASE=N's kernels (pytest-benchmark, CUDA events); 
 check-solutions: $(SETUP) ## every phase both ways: solutions get full marks, untouched stubs zero
 	@$(PY) -m grader check-solutions
 
-test: $(SETUP) ## everything CI runs: stale-exercises check, check-solutions, the mutation suite, the course's own tests
-	$(PY) -m grader.generate --check
+test: $(SETUP) ## everything CI runs: stale-exercises check, check-solutions, the mutation suite, the course's own tests [STRICT=1]
+	$(PY) -m grader.generate --check $(if $(STRICT),--strict,)
 	$(PY) -m grader check-solutions
 	$(PY) -m grader.mutants
 	$(PY) -m pytest grader/tests -q

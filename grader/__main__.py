@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,18 +22,20 @@ def report_path(phase: int, tree: str) -> str:
 
 
 def grade(phase: int, tree: str, extra: list[str], report: str | None = None,
-          tests: list[str] | None = None) -> int:
+          tests: list[str] | None = None, only: str | None = None) -> int:
     """Grade `tree` (exercises, solutions or a submission directory) with the phase's grader, or
-    with `tests` (test files or node ids) instead."""
+    with `tests` (test files or node ids) instead. `only` (a pytest -k expression) runs the matching
+    tests verbosely, with full tracebacks, in this process: for finding a bug, not for a grade."""
     if tree not in TREES:  # a submission directory: see grader/impl.py
         tree = str(Path(tree).resolve())
     os.environ["FA_IMPL"] = tree
     paths = tests or [str(ROOT / "grader" / "phases" / f"test_phase{phase}.py")]
-    report = report or report_path(phase, Path(tree).name)
-    args = [*paths, "-p", "grader.plugin",
-            "-q", "--tb=no", "-rN", "--disable-warnings", "--rootdir", str(ROOT),
+    report = report or report_path(phase, Path(tree).name + ("" if only is None else "-test"))
+    output = ["-q", "--tb=no", "-rN", "--disable-warnings"] if only is None else \
+        ["-v", "--tb=long", "-k", only, "-p", "no:cacheprovider"]
+    args = [*paths, "-p", "grader.plugin", *output, "--rootdir", str(ROOT),
             "--phase", str(phase), "--report", report, *extra]
-    if os.environ.get("FA_ISOLATE") == "0":  # in this process (a debugger); a crash then ends everything
+    if only is not None or os.environ.get("FA_ISOLATE") == "0":  # in this process (a debugger); a crash ends it
         import pytest
 
         return int(pytest.main(args))
@@ -65,15 +68,29 @@ def benchmark(phase: int, tree: str, extra: list[str]) -> int:
 
 
 def check_solutions(selected: list[int]) -> int:
-    """Both directions for every phase: the reference gets full marks, the stubs get zero."""
+    """Both directions for every phase: the reference gets full marks, the stubs get zero.
+
+    The stubs are graded from a fresh generation of solutions/ in a temporary folder, never from
+    the working exercises/, which holds a student's work once they have solved anything."""
+    from grader.generate import write_fresh
+
+    with tempfile.TemporaryDirectory(prefix="fa-fresh-exercises-") as fresh:
+        write_fresh(ROOT / "solutions", Path(fresh))
+        return _check_both_ways(selected, fresh)
+
+
+def _check_both_ways(selected: list[int], fresh_stubs: str) -> int:
     problems = []
-    print("check-solutions: solutions must pass every graded test, untouched stubs must fail every one", flush=True)
+    print("check-solutions: solutions must pass every graded test, untouched stubs (freshly generated from"
+          " solutions/, not your exercises/) must fail every one", flush=True)
     for phase in selected:
         for tree in ("solutions", "exercises"):
             started = time.time()
             if os.path.exists(report_path(phase, tree)):
                 os.remove(report_path(phase, tree))  # never read a report left by an earlier run
-            proc = subprocess.run([sys.executable, "-m", "grader", "grade", "--phase", str(phase), "--impl", tree],
+            impl = fresh_stubs if tree == "exercises" else tree
+            proc = subprocess.run([sys.executable, "-m", "grader", "grade", "--phase", str(phase), "--impl", impl,
+                                   "--report", report_path(phase, tree)],
                                   cwd=ROOT, capture_output=True, text=True)
             rc = proc.returncode
             path = report_path(phase, tree)
@@ -115,6 +132,8 @@ def main(argv=None) -> int:
     g.add_argument("--report", default=None)
     g.add_argument("--tests", action="append", default=None,
                    help="grade with these test files or node ids instead of the phase's grader")
+    g.add_argument("--test", default=None, help="run only the tests matching this pytest -k expression, verbosely,"
+                   " with full tracebacks (make grade PHASE=N TEST=name)")
     b = sub.add_parser("bench", help="GPU: pytest-benchmark over one phase's kernels, compared with the last run")
     b.add_argument("--phase", required=True, type=int)
     b.add_argument("--impl", default="exercises")
@@ -129,7 +148,7 @@ def main(argv=None) -> int:
             print(f"error: --impl must be {' or '.join(TREES)} or a directory holding phase{args.phase}/,"
                   f" not {args.impl!r}", file=sys.stderr)
             return 2
-        return grade(int(args.phase), args.impl, extra, args.report, args.tests)
+        return grade(int(args.phase), args.impl, extra, args.report, args.tests, args.test)
     if args.command == "bench":
         return benchmark(args.phase, args.impl, extra)
     selected = phases() if not args.phases else [int(p) for p in args.phases.split(",")]

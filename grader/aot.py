@@ -93,6 +93,37 @@ def _headline(message: str) -> str:
     return meaningful[-1] if meaningful else ""
 
 
+def _kernel_location(exc: BaseException, tree: str) -> str:
+    """file:line and the source line of the innermost compile error, in the graded code.
+
+    Triton's CompilationError knows the failing node's line within the @triton.jit function's own
+    source (`src`), not the file: the function with that source, among the graded tree's loaded
+    modules, gives the file and the line of its `def`."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.jit import JITFunction
+
+    from grader.messages import location
+
+    innermost = None
+    while exc is not None:
+        if isinstance(exc, CompilationError) and exc.src and hasattr(exc.node, "lineno"):
+            innermost = exc
+        exc = exc.__cause__ or exc.__context__
+    if innermost is None:
+        return ""
+    for name, module in list(sys.modules.items()):
+        if not name.startswith(tree + "."):
+            continue
+        for value in list(vars(module).values()):
+            while hasattr(value, "fn") and not isinstance(value, JITFunction):  # autotune, heuristics
+                value = value.fn
+            if isinstance(value, JITFunction) and value.src == innermost.src:
+                line = innermost.node.lineno
+                return location(value.file_name, value.def_file_line_number + line - 1,
+                                innermost.src.splitlines()[line - 1])
+    return ""
+
+
 def _compile_one(phase: int, spec: dict, arch: int) -> dict:
     import importlib
 
@@ -113,7 +144,9 @@ def _compile_one(phase: int, spec: dict, arch: int) -> dict:
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]})
     except Exception as exc:  # a stub's static_assert, or code the compiler rejects
-        result["error"] = f"{type(exc).__name__}: {_headline(_chain_text(exc))}"
+        headline = _headline(_chain_text(exc))
+        where = "" if re.search(r"phase \d+: ", headline) else _kernel_location(exc, tree)  # a stub says its TODO
+        result["error"] = headline + (f" (at {where})" if where else "")
         result["detail"] = str(exc)[-1500:]
         return result
     result["shared_bytes"] = int(compiled.metadata.shared)

@@ -10,12 +10,21 @@ markers) under a `# TODO(phase N): <what to write>` comment. The stub that repla
 A student's work is never lost: `exercises/.generated.json` remembers what the generator last
 wrote; a file that differs from that is skipped (and listed) unless `--force` is given.
 
-    python -m grader.generate            regenerate, keeping edited files
-    python -m grader.generate --force    regenerate, overwriting edited files
-    python -m grader.generate --check    exit 1 if exercises/ is not what solutions/ generates
+The stale check tells a course developer's stale tree from a student's work by that manifest: a
+file is stale when what the generator last wrote (the manifest's digest) is not what solutions/
+generates now, i.e. solutions/ changed and exercises/ was not regenerated. A file edited since it
+was generated, with the manifest still matching solutions/, is a student's work and passes;
+`--strict` (CI, on a clean clone where nobody solved anything) fails on those edits as well.
+
+    python -m grader.generate                   regenerate, keeping edited files
+    python -m grader.generate --force           regenerate, overwriting edited files
+    python -m grader.generate --check [--strict] exit 1 if exercises/ is stale against solutions/
+    python -m grader.generate --diff            show how exercises/ differs from a fresh generation
+    python -m grader.generate --out DIR         write a fresh generation to DIR (exercises/ untouched)
 """
 import argparse
 import ast
+import difflib
 import hashlib
 import json
 import re
@@ -25,7 +34,9 @@ from pathlib import Path
 from grader.impl import ROOT
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-TODO = re.compile(r"#\s*TODO\(phase (\d+)\):\s*(.+?)\s*$")
+# `# TODO(phase N): what` or `# TODO(phase N, id): what`; the id keys the TODO's hints (grader.hints).
+TODO = re.compile(r"#\s*TODO\(phase (\d+)(?:,\s*[\w.-]+)?\):\s*(.+?)\s*$")
+COPIED = ("hints.toml",)  # data files of a phase that the exercises carry as they are
 MANIFEST = ".generated.json"
 HEADER = ("# Generated from {source} by `make exercises`: fill in the TODOs below.\n"
           "# Regenerating never overwrites a file you have edited (unless forced).\n")
@@ -86,7 +97,7 @@ def _digest(text: str) -> str:
 
 
 def expected_files(solutions: Path) -> dict[str, str]:
-    """relative path -> generated text, for every Python file under solutions/."""
+    """relative path -> generated text, for every Python file under solutions/ (and the COPIED data files)."""
     files = {}
     for path in sorted(solutions.rglob("*.py")):
         if "__pycache__" in path.parts:
@@ -95,6 +106,9 @@ def expected_files(solutions: Path) -> dict[str, str]:
         text = stub_source(path.read_text(), f"solutions/{rel}")
         has_regions = text != path.read_text()
         files[rel] = (HEADER.format(source=f"solutions/{rel}") + text) if has_regions else text
+    for name in COPIED:
+        for path in sorted(solutions.rglob(name)):
+            files[path.relative_to(solutions).as_posix()] = path.read_text()
     return files
 
 
@@ -123,33 +137,72 @@ def generate(solutions: Path, exercises: Path, force: bool = False) -> dict[str,
     return done
 
 
-def stale(solutions: Path, exercises: Path) -> list[str]:
-    """Files of exercises/ that differ from what solutions/ generates (or are missing)."""
-    problems = []
+def write_fresh(solutions: Path, dest: Path) -> Path:
+    """Write what solutions/ generates into `dest` (a submission-shaped folder), ignoring exercises/.
+
+    check-solutions grades the untouched stubs from such a copy, so that a student's solved
+    exercises/ never makes it fail."""
+    for rel, text in expected_files(solutions).items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_text(text)
+    return dest
+
+
+def differences(solutions: Path, exercises: Path) -> dict[str, list[str]]:
+    """Files of exercises/ that differ from what solutions/ generates, sorted by cause:
+    stale (the generator last wrote something else: solutions/ changed since), missing, and edited
+    (changed since the generator wrote them: a student's work)."""
+    manifest_path = exercises / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    found = {"stale": [], "missing": [], "edited": []}
     for rel, text in expected_files(solutions).items():
         target = exercises / rel
         if not target.exists():
-            problems.append(f"{rel} (missing)")
+            found["missing"].append(rel)
         elif target.read_text() != text:
-            problems.append(f"{rel} (differs)")
-    return problems
+            found["stale" if manifest.get(rel) != _digest(text) else "edited"].append(rel)
+    return found
+
+
+def stale(solutions: Path, exercises: Path, strict: bool = False) -> list[str]:
+    """Files of exercises/ that are out of date against solutions/ (with `strict`, also the ones
+    edited since generation)."""
+    found = differences(solutions, exercises)
+    kinds = ("stale", "missing", "edited") if strict else ("stale", "missing")
+    return [f"{rel} ({'differs' if kind == 'stale' else kind})" for kind in kinds for rel in found[kind]]
+
+
+def diff(solutions: Path, exercises: Path) -> str:
+    """A unified diff from a fresh generation to exercises/."""
+    out = []
+    for rel, text in expected_files(solutions).items():
+        target = exercises / rel
+        current = target.read_text() if target.exists() else ""
+        out += difflib.unified_diff(text.splitlines(keepends=True), current.splitlines(keepends=True),
+                                    f"generated/{rel}", f"exercises/{rel}")
+    return "".join(out)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grader.generate", description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="fail if exercises/ is stale")
+    parser.add_argument("--check", action="store_true", help="fail if exercises/ is stale against solutions/")
+    parser.add_argument("--strict", action="store_true",
+                        help="with --check: files edited since generation fail too (CI, on a clean clone)")
+    parser.add_argument("--diff", action="store_true", help="print how exercises/ differs from a fresh generation")
+    parser.add_argument("--out", type=Path, default=None, help="write a fresh generation here instead")
     parser.add_argument("--force", action="store_true", help="overwrite files edited since generation")
     args = parser.parse_args(argv)
     solutions, exercises = ROOT / "solutions", ROOT / "exercises"
     try:
-        if args.check:
-            problems = stale(solutions, exercises)
-            if problems:
-                print("exercises/ is stale against solutions/: " + ", ".join(problems), file=sys.stderr)
-                print("run `make exercises` (add FORCE=1 to overwrite edited files) and commit", file=sys.stderr)
-                return 1
-            print("exercises/ matches solutions/")
+        if args.diff:
+            sys.stdout.write(diff(solutions, exercises))
             return 0
+        if args.out:
+            write_fresh(solutions, args.out)
+            print(f"wrote a fresh generation of solutions/ to {args.out}")
+            return 0
+        if args.check:
+            return _check(solutions, exercises, args.strict)
         done = generate(solutions, exercises, force=args.force)
     except MarkerError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -159,9 +212,27 @@ def main(argv=None) -> int:
     for rel in done["written"]:
         print(f"  wrote    exercises/{rel}")
     for rel in done["skipped"]:
-        print(f"  SKIPPED  exercises/{rel}: you edited it; `make exercises FORCE=1` overwrites it")
+        print(f"  SKIPPED  exercises/{rel}: you edited it (FORCE=1 would overwrite your edits)")
     return 0
 
+
+SEE_DIFF = "see the difference with `python -m grader.generate --diff`"
+
+
+def _check(solutions: Path, exercises: Path, strict: bool) -> int:
+    found = differences(solutions, exercises)
+    problems = stale(solutions, exercises, strict)
+    if found["edited"] and not strict:
+        print(f"exercises/: {len(found['edited'])} file(s) edited since generation (your work, not checked):"
+              f" {', '.join(found['edited'])}")
+    if not problems:
+        print("exercises/ is up to date with solutions/")
+        return 0
+    print("exercises/ is out of date with solutions/: " + ", ".join(problems), file=sys.stderr)
+    print(f"{SEE_DIFF}. `make exercises` updates the files nobody edited and keeps edited ones;"
+          " `make exercises FORCE=1` overwrites edited files, and with them any work in them."
+          " Course developers: regenerate and commit exercises/ with solutions/.", file=sys.stderr)
+    return 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,8 @@ build/grade-all/phaseN):
                               a digest of the graded files; written last and atomically, so that its
                               presence means "done"
     OUT/logs/<name>.log       what the grader printed (its table), or why it crashed or was killed
-    OUT/gradebook.csv         one row per submission, one column per test (points earned), total
+    OUT/gradebook.csv         one row per submission, one column per test (points earned), total,
+                              and the number of hints taken (`make hint`, recorded in the submission)
 
 Interrupted (Ctrl-C, a lost connection), the same command resumes: a submission whose report exists
 for the same phase, seed and files is not graded again (`--regrade` forces it).
@@ -49,6 +50,9 @@ def digest(submission: Path, phase: int) -> str:
         if "__pycache__" in path.parts:
             continue
         h.update(path.relative_to(submission).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    hints_taken = submission / ".hints" / f"phase{phase}.json"  # in the report: a new hint regrades
+    if hints_taken.is_file():
+        h.update(hints_taken.read_bytes())
     grader_file = ROOT / "grader" / "phases" / f"test_phase{phase}.py"
     h.update(grader_file.read_bytes())
     return h.hexdigest()[:16]
@@ -194,7 +198,7 @@ def write_gradebook(path: Path, tests: list[dict], reports: dict[str, dict]) -> 
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["submission", "status", "total", "max_points_run",
-                    *[f"{t['name']} ({t['points']:g})" for t in columns], "seconds"])
+                    *[f"{t['name']} ({t['points']:g})" for t in columns], "hints taken", "seconds"])
         for name in sorted(reports):
             report = reports[name]
             by_id = {row["id"]: row for row in report.get("tests", [])}
@@ -206,8 +210,15 @@ def write_gradebook(path: Path, tests: list[dict], reports: dict[str, dict]) -> 
                 else:
                     cells.append(f"{row['points']:g}" if row["outcome"] == "passed" else "0")
             w.writerow([name, report.get("status", ""), f"{report.get('score', 0):g}",
-                        f"{report.get('max_score_run', 0):g}", *cells, report.get("wall_seconds", "")])
+                        f"{report.get('max_score_run', 0):g}", *cells, _hints_taken(report),
+                        report.get("wall_seconds", "")])
     os.replace(tmp, path)
+
+
+def _hints_taken(report: dict) -> str:
+    """Levels of `make hint` the submission took in this phase (empty when the grader never ran)."""
+    hints = report.get("hints")
+    return str(hints["count"]) if hints else ""
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,8 @@ During the graded call:
   `pre_hook`s, `prune_configs_by`, a grid function, heuristics): only Triton's own code may use
   torch freely there;
 - tensors made with `torch.empty*` come back filled with NaN, so an output element the kernel
-  never writes is caught by the NaN check instead of passing by luck on zeroed memory;
+  never writes is caught by the NaN check instead of passing by luck on zeroed memory; the NaN
+  carries a payload (grader.poison) that tells "never written" from a NaN the code computed;
 - Triton kernel launches are counted, and a Triton function that launched none fails.
 Afterwards:
 - every tensor the function returns must have been written by a Triton kernel during this very
@@ -30,7 +31,7 @@ import sys
 import torch
 from torch.overrides import TorchFunctionMode
 
-from grader import bounds, usage
+from grader import bounds, poison, usage
 
 FORBIDDEN = {
     "sdpa": {"scaled_dot_product_attention", "_scaled_dot_product_attention_math",
@@ -162,8 +163,7 @@ class _GradedCallMode(TorchFunctionMode):
             raise self.violation
         out = func(*args, **kwargs)
         if name in FACTORIES and isinstance(out, torch.Tensor) and out.is_floating_point():
-            out.fill_(float("nan"))
-            return out
+            return poison.fill(out)
         moved = name in DATA_MOVEMENT and self._note_data_movement(name, args, out)
         writes = "out" in kwargs or name in IN_PLACE_OPERATORS or (
             name.endswith("_") and not name.startswith("_") and name not in ("requires_grad_", "share_memory_"))

@@ -3,6 +3,7 @@ import re
 import traceback
 from pathlib import Path
 
+from grader import hints
 from grader.bounds import OutOfBoundsError
 from grader.impl import ROOT
 
@@ -16,12 +17,34 @@ def _chain(exc):
         exc = exc.__cause__ or exc.__context__
 
 
-def _where_in_course(tb) -> str:
-    """The innermost frame inside exercises/ or solutions/: where the student should look."""
-    for frame in reversed(traceback.extract_tb(tb)):
-        path = Path(frame.filename)
-        if path.is_relative_to(ROOT) and path.relative_to(ROOT).parts[0] in ("exercises", "solutions"):
-            return f" ({path.relative_to(ROOT)}:{frame.lineno})"
+SUBMISSION_FILE = re.compile(r".*/fa_submission_[0-9a-f]+/")
+
+
+def course_path(filename: str) -> str | None:
+    """`filename` as the student knows it (exercises/phase2/flash.py; phase2/flash.py in a submission
+    folder), or None when it is not graded code (torch, Triton, the grader)."""
+    if SUBMISSION_FILE.match(filename):
+        return SUBMISSION_FILE.sub("", filename)
+    path = Path(filename)
+    if path.is_relative_to(ROOT) and path.relative_to(ROOT).parts[0] in ("exercises", "solutions"):
+        return str(path.relative_to(ROOT))
+    return None
+
+
+def location(filename: str, lineno: int, code: str | None) -> str:
+    """`exercises/phase2/flash.py:50: offs_n = ...`: where to look, with the line itself."""
+    code = (code or "").strip()
+    return f"{course_path(filename) or filename}:{lineno}" + (f": {code[:90]}" if code else "")
+
+
+def _where_in_course(exc) -> str:
+    """The innermost frame of graded code in the exception's chain: where the student should look.
+    Triton's interpreter raises InterpreterError from the kernel's own error, whose traceback holds
+    the kernel's line; the InterpreterError's own stops at the launch."""
+    for link in reversed(list(_chain(exc))):  # the innermost error first
+        for frame in reversed(traceback.extract_tb(link.__traceback__)):
+            if course_path(frame.filename):
+                return f" (at {location(frame.filename, frame.lineno, frame.line)})"
     return ""
 
 
@@ -41,7 +64,12 @@ def describe(excinfo) -> str:
     first = text[0] if text else ""
     if isinstance(exc, AssertionError):
         return first or "assertion failed"
-    return f"{type(exc).__name__}: {first}{_where_in_course(excinfo.tb)}"
+    shown = exc
+    if type(exc).__name__ == "InterpreterError" and exc.__cause__ is not None:
+        shown = exc.__cause__  # its own message is repr() of the kernel's error
+        text = str(shown).strip().splitlines()
+        first = text[0] if text else ""
+    return f"{type(shown).__name__}: {first}{_where_in_course(exc)}"
 
 
 def _fmt_points(x: float) -> str:
@@ -57,16 +85,15 @@ def render(summary: dict) -> list[str]:
     for name, state in summary["tiers"].items():
         lines.append(f"  tier {name:<12} {state}")
     lines += ["-" * WIDTH, f"{'points':>7}  {'result':<7} {'tier':<12} test", "-" * WIDTH]
-    todos = []
+    todos = hints.references(summary)  # a stub's long message is printed once, below the table
     for row in summary["tests"]:
         result = {"passed": "PASS", "failed": "FAIL", "skipped": "not run"}[row["outcome"]]
         earned = row["points"] if row["outcome"] == "passed" else 0
         points = f"{_fmt_points(earned)}/{_fmt_points(row['points'])}"
         lines.append(f"{points:>7}  {result:<7} {row['tier']:<12} {row['name']}")
         if row["outcome"] == "failed":
-            lines.append(f"{'':>29}-> {row['message']}")
-            if row["message"].startswith("TODO") and row["message"] not in todos:
-                todos.append(row["message"])
+            todo = todos.get(row["message"])
+            lines.append(f"{'':>29}-> " + (f"{todo} is not written yet (listed below)" if todo else row["message"]))
         for line in _metric_lines(row.get("metrics", {})):
             lines.append(f"{'':>29}   {line}")
     lines.append("-" * WIDTH)
@@ -81,7 +108,8 @@ def render(summary: dict) -> list[str]:
                      " lacks (they are not counted as passed)")
     if todos:
         lines.append(f"Unimplemented: {len(todos)} TODO(s) still raise their stub message:")
-        lines += [f"  - {t.removeprefix('TODO ')}" for t in todos]
+        lines += [f"  {name}: {message.removeprefix('TODO ')}" for message, name in todos.items()]
+        lines.append(f"  Stuck? `make hint PHASE={phase} TODO=k` gives a hint for TODO k, one level per call.")
     lines.append("=" * WIDTH)
     return lines
 

@@ -9,7 +9,7 @@ probes finite differences in float64, which says nothing about a kernel's float1
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from grader import runtime
+from grader import poison, runtime
 
 # flash-attn's own tests allow twice PyTorch's error.
 MULTIPLIER = 2.0
@@ -61,6 +61,25 @@ def _where(index: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(i) for i in index) + "]"
 
 
+def non_finite(got: torch.Tensor) -> str:
+    """What the NaN and inf values of `got` are: never written (the grader's NaN poison, recognised
+    by its bits in got's own dtype) or computed by the code."""
+    unwritten, undecidable = poison.classify(got)
+    computed_nan = torch.isnan(got) & ~unwritten & ~undecidable
+    parts = []
+    for mask, what in (
+        (unwritten, "never written (still the NaN the grader fills torch.empty outputs with)"),
+        (undecidable, f"NaN, never written or computed (in {str(got.dtype).removeprefix('torch.')} the bits"
+                      " cannot tell here)"),
+        (computed_nan, "NaN computed by the code (not the grader's poison: 0/0, inf - inf, a fully masked row?)"
+         if poison.recognisable(got.dtype) else "NaN"),
+        (torch.isinf(got), "inf"),
+    ):
+        if mask.any():
+            parts.append(f"{int(mask.sum())} {what}, first at {_where(tuple(mask.nonzero()[0].tolist()))}")
+    return "; ".join(parts)
+
+
 def assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, baseline: torch.Tensor, dtype=None):
     """Fail with one readable line unless |got - ref| <= MULTIPLIER * |baseline - ref| + floor.
 
@@ -73,11 +92,8 @@ def assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, baseline: torc
     ref64 = ref.detach().to(torch.float64)
     bad = ~torch.isfinite(got64)
     if bad.any():
-        first = tuple(bad.nonzero()[0].tolist())
-        raise AssertionError(
-            f"{name}: {int(bad.sum())} of {got.numel()} values are NaN or inf, first at {_where(first)} "
-            "(outputs are poisoned with NaN before the call: an unwritten element shows up here)"
-        )
+        raise AssertionError(f"{name}: {int(bad.sum())} of {got.numel()} values are NaN or inf: "
+                             + non_finite(got.detach()))
     err = (got64 - ref64).abs()
     baseline_err = (baseline.detach().to(torch.float64) - ref64).abs().max().item()
     floor = absolute_floor(dtype)

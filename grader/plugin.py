@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from grader import bounds, impl, messages, scoring, tiers, usage, warmup  # noqa: E402
+from grader import bounds, hints, impl, messages, scoring, tiers, usage, warmup  # noqa: E402
 
 PUBLIC_SEED = 0
 _CRASH_LOG = None  # kept open for faulthandler
@@ -271,6 +271,7 @@ class GradingSession:
             "tiers": {name: ("available" if reason is None else f"not run: {reason}")
                       for name, reason in self.available.items()},
             "environment": tiers.environment(),
+            "hints": hints.record(self.config.getoption("phase"), impl.label()),  # `make hint`, per TODO id
         }
 
     def summary(self) -> dict:

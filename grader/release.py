@@ -37,7 +37,7 @@ GRADER_EXCLUDED = ("tests", "release.py", "nbgrade.py", "grade_all.py", "noteboo
 # Makefile verbs that need solutions/ or exist for instructors; the release's Makefile drops them.
 INSTRUCTOR_TARGETS = ("check-solutions", "test", "mutants", "exercises", "measure", "figures", "lint", "release",
                       "nbgrader", "grade-all")
-SKIP_PARTS = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints")
+SKIP_PARTS = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".hints")  # .hints: a user's record
 
 
 class ReleaseError(RuntimeError):

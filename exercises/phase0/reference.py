@@ -15,5 +15,7 @@ def attention_reference(q, k, v, causal=False, sm_scale=None):
     """
     check_attention_inputs(q, k, v, triton=False)
     sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
-    # TODO(phase 0): build S = q k^T * sm_scale in float32, mask keys j > i with -inf when causal, then P = softmax(S) and o = P v, returned in q's dtype
-    raise NotImplementedError("phase 0: build S = q k^T * sm_scale in float32, mask keys j > i with -inf when causal, then P = softmax(S) and o = P v, returned in q's dtype")
+    # TODO(phase 0, reference): softmax(q k^T * sm_scale) v with SDPA's semantics, in plain PyTorch, in q's dtype
+    # Contract: S and P are materialized (that is the point of this baseline); computed in float32 whatever
+    # the input dtype; causal is top-left aligned (query i sees keys 0..i). No SDPA, no shortcut.
+    raise NotImplementedError("phase 0: softmax(q k^T * sm_scale) v with SDPA's semantics, in plain PyTorch, in q's dtype")

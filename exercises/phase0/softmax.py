@@ -21,11 +21,15 @@ def softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride,
     y_row = y_ptr + row * y_row_stride
     cols = tl.arange(0, BLOCK)
     if ONE_BLOCK:
-        # TODO(phase 0): the row fits in one block: load it (pad with -inf), subtract its max, exponentiate, divide by the sum, store in y's dtype
-        tl.static_assert(False, "phase 0: the row fits in one block: load it (pad with -inf), subtract its max, exponentiate, divide by the sum, store in y's dtype")
+        # TODO(phase 0, one-block): softmax of one row that fits in a block
+        # Contract: y = softmax(x) of this row, stored in y's dtype; lanes past n_cols are neither counted
+        # nor stored. Invariant: no exponent above 0 (so nothing overflows), arithmetic in float32.
+        tl.static_assert(False, "phase 0: softmax of one row that fits in a block")
     else:
-        # TODO(phase 0): the row is wider than a block: sweep it three times (running max, then sum of exp(x - max), then write exp(x - max) / sum)
-        tl.static_assert(False, "phase 0: the row is wider than a block: sweep it three times (running max, then sum of exp(x - max), then write exp(x - max) / sum)")
+        # TODO(phase 0, three-sweeps): softmax of a row wider than a block, streamed in chunks of BLOCK
+        # Contract: as the one-block case, without ever holding the whole row; each sweep reads the row
+        # once, chunk by chunk (this version may read it three times).
+        tl.static_assert(False, "phase 0: softmax of a row wider than a block, streamed in chunks of BLOCK")
 
 
 def as_rows(x):

@@ -23,10 +23,14 @@ def softmax_tiles_kernel(s_ptr, p_ptr, n_rows, N_K, stride_s_row, stride_p_row,
     cols = tl.arange(0, BLOCK_N)
     s_rows = s_ptr + rows[:, None] * stride_s_row
     p_rows = p_ptr + rows[:, None] * stride_p_row
-    # TODO(phase 1): sweep 1 over the key tiles: m_i = the running max of each row (load S with other=-inf)
-    tl.static_assert(False, "phase 1: sweep 1 over the key tiles: m_i = the running max of each row (load S with other=-inf)")
-    # TODO(phase 1): sweep 2: l_i = sum over the row of exp(s - m_i); sweep 3: store P = exp(s - m_i) / l_i in p_ptr's dtype
-    tl.static_assert(False, "phase 1: sweep 2: l_i = sum over the row of exp(s - m_i); sweep 3: store P = exp(s - m_i) / l_i in p_ptr's dtype")
+    # TODO(phase 1, row-max): sweep 1 over S: the max of each of this program's rows
+    # Contract: m_i (BLOCK_M,) float32 holds max_j S[i, j] over the whole row, read tile by tile;
+    # masked lanes never win, and a row past n_rows ends with a finite m_i (no NaN later).
+    tl.static_assert(False, "phase 1: sweep 1 over S: the max of each of this program's rows")
+    # TODO(phase 1, normalize): sweeps 2 and 3 over S: the row sums, then P = softmax(S) stored in p_ptr's dtype
+    # Contract: every valid element of the row's P is written, nothing past n_rows or N_K; the rows
+    # of P sum to 1.
+    tl.static_assert(False, "phase 1: sweeps 2 and 3 over S: the row sums, then P = softmax(S) stored in p_ptr's dtype")
 
 
 @triton.jit
@@ -46,8 +50,10 @@ def pv_kernel(p_ptr, v_ptr, o_ptr,
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    # TODO(phase 1): acc (BLOCK_M, D) float32; for each key tile, acc += tl.dot(P tile, V tile, input_precision=PRECISION) (masked loads, other=0); store acc in o's dtype
-    tl.static_assert(False, "phase 1: acc (BLOCK_M, D) float32; for each key tile, acc += tl.dot(P tile, V tile, input_precision=PRECISION) (masked loads, other=0); store acc in o's dtype")
+    # TODO(phase 1, pv): o = P v for this program's query rows, one key tile at a time
+    # Contract: acc (BLOCK_M, D) float32 accumulates over every key tile; padded keys contribute 0;
+    # o is stored in its dtype for rows < N_Q only.
+    tl.static_assert(False, "phase 1: o = P v for this program's query rows, one key tile at a time")
 
 
 def softmax_tiles(s, dtype):

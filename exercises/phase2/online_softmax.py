@@ -25,10 +25,13 @@ def online_softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride, BLOC
     x_row = x_ptr + row * x_row_stride
     y_row = y_ptr + row * y_row_stride
     cols = tl.arange(0, BLOCK)
-    # TODO(phase 2): one sweep over the row in chunks of BLOCK: keep the running max m and sum l (scalars in float32); for each chunk m_new = max(m, max(x)), l = l * exp(m - m_new) + sum(exp(x - m_new)), m = m_new
-    tl.static_assert(False, "phase 2: one sweep over the row in chunks of BLOCK: keep the running max m and sum l (scalars in float32); for each chunk m_new = max(m, max(x)), l = l * exp(m - m_new) + sum(exp(x - m_new)), m = m_new")
-    # TODO(phase 2): a second sweep writes y = exp(x - m) / l in y's dtype (the only other read of x)
-    tl.static_assert(False, "phase 2: a second sweep writes y = exp(x - m) / l in y's dtype (the only other read of x)")
+    # TODO(phase 2, online-sweep): the row's max m and sum l in ONE sweep over x
+    # Invariant after each chunk: m = max of what was read, l = sum over what was read of exp(x - m).
+    # m and l are float32 scalars; no exponent is ever above 0.
+    tl.static_assert(False, "phase 2: the row's max m and sum l in ONE sweep over x")
+    # TODO(phase 2, write): write y = softmax(x) from m and l
+    # Contract: one more read of the row, y stored in y's dtype, nothing past n_cols written.
+    tl.static_assert(False, "phase 2: write y = softmax(x) from m and l")
 
 
 def online_softmax(x):

@@ -31,8 +31,11 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
     k_ptrs += start_n * stride_kn
     v_ptrs += start_n * stride_vn
     for start in range(start_n, end_n, BLOCK_N):
-        # TODO(phase 3): one key block: load k (when MASKED, rows past N_K as 0), s = q k^T; when MASKED set scores of keys >= N_K (and, if CAUSAL, keys after the query row) to -inf; new max m_ij in log2 units (qk_scale = sm_scale*log2 e), p = exp2(s*qk_scale - m_ij), alpha = exp2(m_i - m_ij) rescales l_i and acc, then acc += p v (p cast to v's dtype) and m_i = m_ij
-        tl.static_assert(False, "phase 3: one key block: load k (when MASKED, rows past N_K as 0), s = q k^T; when MASKED set scores of keys >= N_K (and, if CAUSAL, keys after the query row) to -inf; new max m_ij in log2 units (qk_scale = sm_scale*log2 e), p = exp2(s*qk_scale - m_ij), alpha = exp2(m_i - m_ij) rescales l_i and acc, then acc += p v (p cast to v's dtype) and m_i = m_ij")
+        # TODO(phase 3, block): one key block of the online softmax (MASKED: the tail and the causal diagonal)
+        # Invariant kept (as in Phase 2): m_i is the running max of the scores in log2 units, l_i the sum
+        # of exp2(score - m_i), acc the sum of exp2(score - m_i) * v, over every key seen so far that the
+        # row may see. When MASKED, keys >= N_K and (causal) keys after the row weigh exactly 0.
+        tl.static_assert(False, "phase 3: one key block of the online softmax (MASKED: the tail and the causal diagonal)")
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
     return acc, l_i, m_i
@@ -68,12 +71,16 @@ def _attn_fwd(Q, K, V, O, LSE, sm_scale,
     k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
     v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
 
-    # TODO(phase 3): the online softmax's running state, all float32: m_i and l_i per query row (m_i in log2 units), acc (BLOCK_M, HEAD_DIM); start them so that the first key block needs no special case
-    tl.static_assert(False, "phase 3: the online softmax's running state, all float32: m_i and l_i per query row (m_i in log2 units), acc (BLOCK_M, HEAD_DIM); start them so that the first key block needs no special case")
+    # TODO(phase 3, init): start the online softmax's running state
+    # Contract: m_i, l_i (BLOCK_M,) and acc (BLOCK_M, HEAD_DIM), float32, hold 'no key seen yet', so
+    # that the first key block goes through the same update as every other.
+    tl.static_assert(False, "phase 3: start the online softmax's running state")
     qk_scale = sm_scale * 1.4426950408889634  # log2(e): scores in log2 units, so exp2 does exp
 
-    # TODO(phase 3): the key range of this query block: end (non-causal: N_K; causal: keys up to the block's last row, capped at N_K) and full, the end of the whole BLOCK_N blocks that need no mask (causal: up to the block's first row; both: a multiple of BLOCK_N not past end)
-    tl.static_assert(False, "phase 3: the key range of this query block: end (non-causal: N_K; causal: keys up to the block's last row, capped at N_K) and full, the end of the whole BLOCK_N blocks that need no mask (causal: up to the block's first row; both: a multiple of BLOCK_N not past end)")
+    # TODO(phase 3, range): the key range of this query block: [0, full) unmasked, [full, end) masked
+    # Contract: no key block that no row of this program may see is ever visited (causal: that is the
+    # saved half); blocks in [0, full) are whole and visible to every row; full is a multiple of BLOCK_N.
+    tl.static_assert(False, "phase 3: the key range of this query block: [0, full) unmasked, [full, end) masked")
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
                                     0, full, offs_m, offs_n, N_K, qk_scale,
                                     BLOCK_N, False, CAUSAL, DOT_PRECISION)
@@ -81,8 +88,10 @@ def _attn_fwd(Q, K, V, O, LSE, sm_scale,
                                     full, end, offs_m, offs_n, N_K, qk_scale,
                                     BLOCK_N, True, CAUSAL, DOT_PRECISION)
 
-    # TODO(phase 3): finish: o = acc / l_i, stored in O's dtype (rows < N_Q only); lse = the natural log of the row's sum of exp(scores * sm_scale), from m_i and l_i (both in log2 units), stored as float32
-    tl.static_assert(False, "phase 3: finish: o = acc / l_i, stored in O's dtype (rows < N_Q only); lse = the natural log of the row's sum of exp(scores * sm_scale), from m_i and l_i (both in log2 units), stored as float32")
+    # TODO(phase 3, finish): store o and the natural-log logsumexp of each row
+    # Contract: o = acc normalised, in O's dtype; lse = log(sum_j exp(s_ij * sm_scale)) in float32, at
+    # LSE[(b * H + h) * N_Q + row]; rows >= N_Q are not stored. Remember m_i and l_i are in log2 units.
+    tl.static_assert(False, "phase 3: store o and the natural-log logsumexp of each row")
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) for 16-bit inputs on sm_90, keyed by (head dim, causal,

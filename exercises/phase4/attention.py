@@ -15,15 +15,18 @@ from .backward import flash_attention_backward
 class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, sm_scale):
-        # TODO(phase 4): run the phase-3 forward (o, lse = flash_attention_forward(...)) and save for the backward only q, k, v, o and lse (ctx.save_for_backward), never P
-        raise NotImplementedError("phase 4: run the phase-3 forward (o, lse = flash_attention_forward(...)) and save for the backward only q, k, v, o and lse (ctx.save_for_backward), never P")
+        # TODO(phase 4, save): run the Phase 3 forward and save what the backward needs
+        # Contract: o is returned; the context keeps O(N * D) tensors only, never S or P (O(N^2)).
+        raise NotImplementedError("phase 4: run the Phase 3 forward and save what the backward needs")
         ctx.causal, ctx.sm_scale = causal, sm_scale
         return o
 
     @staticmethod
     def backward(ctx, do):
-        # TODO(phase 4): get q, k, v, o, lse back from ctx.saved_tensors, call flash_attention_backward and return one gradient per input of forward (None for causal and sm_scale)
-        raise NotImplementedError("phase 4: get q, k, v, o, lse back from ctx.saved_tensors, call flash_attention_backward and return one gradient per input of forward (None for causal and sm_scale)")
+        # TODO(phase 4, grads): the gradients of forward's inputs from dO
+        # Contract: autograd expects one value per input of forward, in order; the backward is
+        # flash_attention_backward on the saved tensors.
+        raise NotImplementedError("phase 4: the gradients of forward's inputs from dO")
 
 
 def flash_attention(q, k, v, causal=False, sm_scale=None):

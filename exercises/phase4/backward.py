@@ -35,8 +35,10 @@ def bwd_preprocess_kernel(O, DO, LSE, LSE2, DELTA,
     do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :],
                  mask=in_q[:, None], other=0.0)
     lse = tl.load(LSE + b * stride_lb + h * stride_lh + offs_m * stride_ln, mask=in_q, other=0.0)
-    # TODO(phase 4): delta = rowsum(dO * O) in float32 (it equals rowsum(P * dP)); store it and lse * log2(e) (both (B, H, N_Q) contiguous, index bh * N_Q + row)
-    tl.static_assert(False, "phase 4: delta = rowsum(dO * O) in float32 (it equals rowsum(P * dP)); store it and lse * log2(e) (both (B, H, N_Q) contiguous, index bh * N_Q + row)")
+    # TODO(phase 4, delta): delta = rowsum(P * dP) from O(N * D) data, and lse in base 2
+    # Contract: DELTA and LSE2 are float32 (B, H, N_Q) contiguous, one value per query row < N_Q, so
+    # that the main kernels can recompute P with exp2 and apply the softmax backward without P or dP.
+    tl.static_assert(False, "phase 4: delta = rowsum(P * dP) from O(N * D) data, and lse in base 2")
 
 
 @triton.jit
@@ -58,8 +60,10 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qn, stride_don,
         do = tl.load(DO + offs_m[:, None] * stride_don + offs_d[None, :], mask=in_q[:, None], other=0.0)
         lse2 = tl.load(LSE2 + offs_m, mask=in_q, other=float("inf"))
         delta = tl.load(DELTA + offs_m, mask=in_q, other=0.0)
-        # TODO(phase 4): recompute P^T = exp2(k q^T * qk_scale - lse2) (zero it above the diagonal when MASK: key n > query m), then dv += P^T dO, dP^T = v dO^T, dS^T = P^T * (dP^T - delta), dk += dS^T q (cast P^T and dS^T to q's dtype for tl.dot, input_precision=PRECISION)
-        tl.static_assert(False, "phase 4: recompute P^T = exp2(k q^T * qk_scale - lse2) (zero it above the diagonal when MASK: key n > query m), then dv += P^T dO, dP^T = v dO^T, dS^T = P^T * (dP^T - delta), dk += dS^T q (cast P^T and dS^T to q's dtype for tl.dot, input_precision=PRECISION)")
+        # TODO(phase 4, dkdv-tile): add this query block's contribution to dk and dv (transposed tiles: keys along rows)
+        # Contract: P^T is recomputed from k, q and lse2, never loaded; masked pairs (the causal diagonal
+        # when MASK) contribute exactly 0; dk and dv accumulate in float32 (sm_scale is applied later).
+        tl.static_assert(False, "phase 4: add this query block's contribution to dk and dv (transposed tiles: keys along rows)")
     return dk, dv
 
 
@@ -87,8 +91,10 @@ def bwd_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV,
     DELTA += bh * N_Q
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    # TODO(phase 4): sweep the query blocks that see this key block. Not causal: all of 0..N_Q unmasked. Causal (query m sees key n iff n <= m): skip queries before start_n, take start_n..start_n+BLOCK_N with MASK=True in steps of MASK_BLOCK_M, then the rest up to N_Q unmasked
-    tl.static_assert(False, "phase 4: sweep the query blocks that see this key block. Not causal: all of 0..N_Q unmasked. Causal (query m sees key n iff n <= m): skip queries before start_n, take start_n..start_n+BLOCK_N with MASK=True in steps of MASK_BLOCK_M, then the rest up to N_Q unmasked")
+    # TODO(phase 4, dkdv-sweep): sweep the query blocks that see this key block
+    # Contract: every query that sees a key of this block is visited exactly once; queries that see
+    # none are skipped (causal); only the causal diagonal goes through the masked path (MASK=True).
+    tl.static_assert(False, "phase 4: sweep the query blocks that see this key block")
     dk *= sm_scale  # S = sm_scale * q k^T, so dK = sm_scale * dS^T q
     tl.store(DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=in_k)
@@ -117,8 +123,10 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn,
         else:
             kT = tl.load(K + offs_n[None, :] * stride_kn + offs_d[:, None])
             vT = tl.load(V + offs_n[None, :] * stride_vn + offs_d[:, None])
-        # TODO(phase 4): recompute P = exp2(q k^T * qk_scale - lse2) (when MASK, zero it where key n >= N_K, and where n > m if CAUSAL), then dP = dO v^T, dS = P * (dP - delta), dq += dS k (cast dS to k's dtype for tl.dot, input_precision=PRECISION)
-        tl.static_assert(False, "phase 4: recompute P = exp2(q k^T * qk_scale - lse2) (when MASK, zero it where key n >= N_K, and where n > m if CAUSAL), then dP = dO v^T, dS = P * (dP - delta), dq += dS k (cast dS to k's dtype for tl.dot, input_precision=PRECISION)")
+        # TODO(phase 4, dq-tile): add this key block's contribution to dq
+        # Contract: P is recomputed from q, k and lse2, never loaded; keys >= N_K and (causal) keys after
+        # the row contribute exactly 0 when MASK; dq accumulates in float32 (sm_scale is applied later).
+        tl.static_assert(False, "phase 4: add this key block's contribution to dq")
     return dq
 
 
@@ -149,8 +157,10 @@ def bwd_dq_kernel(Q, K, V, DO, LSE2, DELTA, DQ,
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    # TODO(phase 4): sweep the key blocks this query block sees: full key blocks unmasked (MASK=False, steps of BLOCK_N), then the rest masked (MASK=True, steps of MASK_BLOCK_N). Not causal: full blocks are 0..N_K rounded down to BLOCK_N. Causal: also stop the unmasked part at start_m and the masked part at start_m + BLOCK_M
-    tl.static_assert(False, "phase 4: sweep the key blocks this query block sees: full key blocks unmasked (MASK=False, steps of BLOCK_N), then the rest masked (MASK=True, steps of MASK_BLOCK_N). Not causal: full blocks are 0..N_K rounded down to BLOCK_N. Causal: also stop the unmasked part at start_m and the masked part at start_m + BLOCK_M")
+    # TODO(phase 4, dq-sweep): sweep the key blocks this query block sees
+    # Contract: every visible key is visited exactly once; whole, fully visible blocks go unmasked
+    # (MASK=False), the partial last block and the causal diagonal masked; invisible blocks skipped.
+    tl.static_assert(False, "phase 4: sweep the key blocks this query block sees")
     dq *= sm_scale  # dQ = sm_scale * dS k
     tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=in_q[:, None])

@@ -10,15 +10,17 @@ from .forward import flash_attention_forward
 class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, sm_scale):
-        # TODO(phase 5): as in Phase 4, with this phase's tuned forward: run it and save only what the backward needs
-        raise NotImplementedError("phase 5: as in Phase 4, with this phase's tuned forward: run it and save only what the backward needs")
+        # TODO(phase 5, forward): as in Phase 4, with this phase's tuned forward
+        # Contract: o is returned; the context keeps only what the backward needs, never P.
+        raise NotImplementedError("phase 5: as in Phase 4, with this phase's tuned forward")
         ctx.causal, ctx.sm_scale = causal, sm_scale
         return o
 
     @staticmethod
     def backward(ctx, do):
-        # TODO(phase 5): as in Phase 4, with this phase's tuned backward: one gradient per input of forward
-        raise NotImplementedError("phase 5: as in Phase 4, with this phase's tuned backward: one gradient per input of forward")
+        # TODO(phase 5, backward): as in Phase 4, with this phase's tuned backward
+        # Contract: one value per input of forward, in order.
+        raise NotImplementedError("phase 5: as in Phase 4, with this phase's tuned backward")
 
 
 def flash_attention(q, k, v, causal=False, sm_scale=None):

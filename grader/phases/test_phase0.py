@@ -4,7 +4,7 @@ import torch
 
 from grader import aot, cost, impl, numerics, timing
 from grader.honesty import graded_call, timed
-from grader.inputs import FLOAT, assert_refuses, assert_rowwise_refusals, qkv, randn
+from grader.inputs import FLOAT, assert_accepts, assert_refuses, assert_rowwise_refusals, qkv, randn
 
 PHASE = 0
 gpu = pytest.mark.tier("gpu")
@@ -36,8 +36,7 @@ def test_attention_reference(api, gen, device, B, H, Nq, Nk, D, causal, dtype, s
 @pytest.mark.points(1)
 def test_attention_reference_refuses_bad_input(api, gen, device):
     q, k, v = qkv(1, 2, 8, 8, 16, torch.float32, device, gen)
-    o = graded_call(api.attention_reference, q, k, v, forbid=("sdpa",), triton=False)  # good input works
-    numerics.assert_close("o", o, numerics.reference_attention(q, k, v)[0], numerics.sdpa(q, k, v))
+    assert_accepts(lambda: api.attention_reference(q, k, v), "float32 q, k, v of shape (1, 2, 8, 16)")
     f = api.attention_reference
     assert_refuses(lambda: f(q[0], k, v), ValueError, "q", "q of rank 3")
     assert_refuses(lambda: f(q, k[:, :, :4], v), ValueError, "k", "k and v of different lengths")
@@ -143,7 +142,8 @@ def test_softmax_seeded_shapes(api, gen, device):
 
 @pytest.mark.points(1)
 def test_softmax_refuses_bad_input(api, gen, device):
-    check_softmax(api, randn((3, 40), torch.float32, device, gen))  # good input works
+    x = randn((3, 40), torch.float32, device, gen)
+    assert_accepts(lambda: api.softmax(x), "a float32 x of shape (3, 40)")
     assert_rowwise_refusals(api.softmax, device)
 
 

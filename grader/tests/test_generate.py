@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,59 @@ def test_committed_exercises_are_not_stale():
 def test_every_solution_region_has_a_phase_todo():
     for path in (ROOT / "solutions").rglob("*.py"):
         generate.stub_source(path.read_text(), str(path))  # raises MarkerError on a bad region
+
+
+def test_check_passes_a_students_edits_but_not_a_stale_tree(tmp_path, capsys):
+    """A student's solved exercises/ is not stale; solutions/ changed without regenerating is,
+    with or without edits; --strict (CI) fails on edits too. The advice never recommends FORCE=1
+    without saying it overwrites edits, and says how to see the difference."""
+    solutions, exercises = _trees(tmp_path)
+    generate.generate(solutions, exercises)
+    student = exercises / "phase9" / "double.py"
+    student.write_text(student.read_text().replace("tl.static_assert(False", "tl.store(x_ptr + offs, 2 * (1"))
+    assert generate._check(solutions, exercises, strict=False) == 0
+    assert "edited since generation" in capsys.readouterr().out
+    assert generate._check(solutions, exercises, strict=True) == 1
+    capsys.readouterr()
+    assert generate.stale(solutions, exercises, strict=True) == ["phase9/double.py (edited)"]
+
+    (solutions / "phase9" / "__init__.py").write_text("from .double import double  # changed\n")
+    assert generate.stale(solutions, exercises) == ["phase9/__init__.py (differs)"]
+    assert generate._check(solutions, exercises, strict=False) == 1
+    err = capsys.readouterr().err
+    assert "--diff" in err and "FORCE=1` overwrites edited files" in err
+    assert "my work" not in generate.diff(solutions, exercises) and "+from .double import double\n" in \
+        generate.diff(solutions, exercises)
+
+
+def test_write_fresh_ignores_exercises(tmp_path):
+    solutions, exercises = _trees(tmp_path)
+    generate.generate(solutions, exercises)
+    (exercises / "phase9" / "double.py").write_text("# solved\n")
+    fresh = generate.write_fresh(solutions, tmp_path / "fresh")
+    for rel, text in generate.expected_files(solutions).items():
+        assert (fresh / rel).read_text() == text
+
+
+def test_check_solutions_grades_fresh_stubs_not_the_students_exercises(monkeypatch, tmp_path):
+    """A student who solved everything in exercises/ (simulated here: grading the name `exercises`
+    gives full marks) still sees check-solutions pass: the stubs come from a fresh generation."""
+    import grader.__main__ as cli
+
+    graded = []
+
+    def fake_grade(cmd, **kwargs):
+        impl, report = cmd[cmd.index("--impl") + 1], cmd[cmd.index("--report") + 1]
+        graded.append(impl)
+        stubs = impl not in ("solutions", "exercises")
+        if stubs:
+            assert "NotImplementedError" in (Path(impl) / "phase0" / "reference.py").read_text()
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        Path(report).write_text(json.dumps({"score": 0 if stubs else 5, "max_score_run": 5, "tests": [
+            {"name": "t", "outcome": "failed" if stubs else "passed", "message": "TODO phase 0: x" if stubs else ""}]}))
+        return subprocess.CompletedProcess(cmd, 1 if stubs else 0, "", "")
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_grade)
+    monkeypatch.setattr(cli, "report_path", lambda phase, tree: str(tmp_path / f"phase{phase}-{tree}.json"))
+    assert cli.check_solutions([0]) == 0
+    assert graded[0] == "solutions" and "exercises" not in graded and not Path(graded[1]).exists()

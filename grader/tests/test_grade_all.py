@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from grader.generate import write_fresh
 from grader.impl import ROOT
 
 PHASE = 0  # the machinery is the same for every phase; phase 0 grades fastest
@@ -25,7 +26,7 @@ def submissions(tmp_path_factory):
     root = tmp_path_factory.mktemp("submissions")
     _copy(ROOT / "solutions", root / "correct")
     for name in ("untouched", "crash", "hang"):
-        _copy(ROOT / "exercises", root / name)
+        write_fresh(ROOT / "solutions", root / name)  # not exercises/, which may hold a student's work
     with open(root / "crash" / f"phase{PHASE}" / "__init__.py", "a") as f:
         f.write("\nimport ctypes\nctypes.string_at(0)  # a segmentation fault\n")
     with open(root / "hang" / f"phase{PHASE}" / "__init__.py", "a") as f:
@@ -58,7 +59,7 @@ def test_gradebook_of_correct_untouched_crashing_and_hanging_submissions(submiss
     assert float(rows["hang"]["total"]) == 0 and "time limit" in rows["hang"]["status"]
     header = next(csv.reader((out / "gradebook.csv").read_text().splitlines()))
     report = json.loads((out / "reports" / "correct.json").read_text())
-    assert len(header) == 5 + len(report["tests"])  # one column per test
+    assert len(header) == 6 + len(report["tests"])  # one column per test, hints taken
     for name in rows:
         r = json.loads((out / "reports" / f"{name}.json").read_text())
         assert r["submission"] == name and len(r["tests"]) == len(report["tests"])

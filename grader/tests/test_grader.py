@@ -24,11 +24,11 @@ def test_assert_close_accepts_pytorch_level_error_and_explains_a_mismatch():
     assert "o: max |error|" in text and "at [2, 5]" in text and "allowed" in text and "float16" in text
 
 
-def test_assert_close_reports_unwritten_elements():
+def test_assert_close_reports_nan_elements():
     ref = torch.randn(3, 3, dtype=torch.float64)
     got = ref.float().clone()
-    got[1, 2] = float("nan")
-    with pytest.raises(AssertionError, match=r"1 of 9 values are NaN or inf, first at \[1, 2\]"):
+    got[1, 2] = float("nan")  # a plain NaN, not the grader's poison (see test_feedback.py)
+    with pytest.raises(AssertionError, match=r"1 of 9 values are NaN or inf: 1 NaN computed .*first at \[1, 2\]"):
         numerics.assert_close("o", got, ref, ref.float())
 
 

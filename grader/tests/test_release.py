@@ -107,7 +107,8 @@ def test_release_makefile_grades_the_stubs_and_fails_cleanly(student_copy):
                               capture_output=True, text=True, timeout=900, check=False)
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0, out[-3000:]
-        assert "Score: 0 /" in out and f"TODO phase {phase}" in out, out[-3000:]
+        assert "Score: 0 /" in out and "TODO 1 is not written yet" in out, out[-3000:]
+        assert f"TODO 1: phase {phase}: " in out and f"make hint PHASE={phase}" in out, out[-3000:]
         assert "Traceback" not in out and "INTERNALERROR" not in out, out[-3000:]
         assert (copy / "reports" / f"phase{phase}-exercises.json").is_file()  # the copy's own grader ran
     help_text = subprocess.run(["make", "help"], cwd=copy, capture_output=True, text=True, check=False).stdout

@@ -14,14 +14,17 @@ def attention_cost(B, H, N, D, causal=False, dtype_bytes=2):
     The naive version materializes the whole N x N matrix even when causal.
     """
     check_positive_ints(B=B, H=H, N=N, D=D, dtype_bytes=dtype_bytes)
-    # TODO(phase 0): count flops (2 matmuls of 2*N*N*D each per head, halved if causal) and the bytes of S (= bytes of P)
+    # TODO(phase 0, flops): count the flops of the two matmuls and the bytes of the N x N score matrix S
+    # Contract: flops is an int, halved when causal (softmax is not counted); P has S's size.
     ### BEGIN SOLUTION
     flops = 4 * B * H * N * N * D
     if causal:
         flops //= 2
     s_bytes = dtype_bytes * B * H * N * N
     ### END SOLUTION
-    # TODO(phase 0): count the HBM bytes of the fused kernel (q, k, v, o once each) and of the naive one (adds four trips of an N x N matrix)
+    # TODO(phase 0, bytes): count the HBM bytes a fused kernel moves and what the naive three passes add
+    # Contract: fused = each (B, H, N, D) tensor read or written once; naive = fused plus every trip
+    # S and P make through HBM (the naive kernel materializes the full N x N matrix even when causal).
     ### BEGIN SOLUTION
     fused_bytes = dtype_bytes * 4 * B * H * N * D
     naive_bytes = fused_bytes + 4 * s_bytes

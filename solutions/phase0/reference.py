@@ -13,7 +13,9 @@ def attention_reference(q, k, v, causal=False, sm_scale=None):
     """
     check_attention_inputs(q, k, v, triton=False)
     sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
-    # TODO(phase 0): build S = q k^T * sm_scale in float32, mask keys j > i with -inf when causal, then P = softmax(S) and o = P v, returned in q's dtype
+    # TODO(phase 0, reference): softmax(q k^T * sm_scale) v with SDPA's semantics, in plain PyTorch, in q's dtype
+    # Contract: S and P are materialized (that is the point of this baseline); computed in float32 whatever
+    # the input dtype; causal is top-left aligned (query i sees keys 0..i). No SDPA, no shortcut.
     ### BEGIN SOLUTION
     q32, k32, v32 = q.float(), k.float(), v.float()
     s = (q32 @ k32.transpose(-2, -1)) * sm_scale          # pass 1: S, an Nq x Nk matrix per head

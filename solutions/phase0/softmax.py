@@ -19,7 +19,9 @@ def softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride,
     y_row = y_ptr + row * y_row_stride
     cols = tl.arange(0, BLOCK)
     if ONE_BLOCK:
-        # TODO(phase 0): the row fits in one block: load it (pad with -inf), subtract its max, exponentiate, divide by the sum, store in y's dtype
+        # TODO(phase 0, one-block): softmax of one row that fits in a block
+        # Contract: y = softmax(x) of this row, stored in y's dtype; lanes past n_cols are neither counted
+        # nor stored. Invariant: no exponent above 0 (so nothing overflows), arithmetic in float32.
         ### BEGIN SOLUTION
         # Padding with -inf makes the padded lanes vanish: exp(-inf - m) = 0 adds nothing to the sum.
         x = tl.load(x_row + cols, mask=cols < n_cols, other=-float("inf")).to(tl.float32)
@@ -28,7 +30,9 @@ def softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride,
         tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=cols < n_cols)
         ### END SOLUTION
     else:
-        # TODO(phase 0): the row is wider than a block: sweep it three times (running max, then sum of exp(x - max), then write exp(x - max) / sum)
+        # TODO(phase 0, three-sweeps): softmax of a row wider than a block, streamed in chunks of BLOCK
+        # Contract: as the one-block case, without ever holding the whole row; each sweep reads the row
+        # once, chunk by chunk (this version may read it three times).
         ### BEGIN SOLUTION
         # Three reads of the row: Phase 2's online softmax fuses the first two.
         m = tl.full([BLOCK], -float("inf"), tl.float32)

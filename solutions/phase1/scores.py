@@ -55,7 +55,9 @@ def scores_kernel(q_ptr, k_ptr, s_ptr, sm_scale,
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    # TODO(phase 1): load the (BLOCK_M, D) tile of q and the (D, BLOCK_N) tile of k^T (rows past N_Q / N_K masked to 0), s = tl.dot(q, kT, input_precision=PRECISION) * sm_scale, store it in s_ptr's dtype with the same masks
+    # TODO(phase 1, score-tile): compute and store this program's (BLOCK_M, BLOCK_N) tile of S = q k^T * sm_scale
+    # Contract: any strides for q, k and s (read them from the stride arguments); scores accumulate in
+    # float32 (PRECISION for tl.dot); nothing outside 0..N_Q x 0..N_K is read or written.
     ### BEGIN SOLUTION
     q = tl.load(q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=offs_m[:, None] < N_Q, other=0.0)

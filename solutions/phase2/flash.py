@@ -49,7 +49,9 @@ def flash_v1_kernel(q_ptr, k_ptr, v_ptr, o_ptr, qk_scale,
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    # TODO(phase 2): load the (BLOCK_M, D) query block once, as in Phase 1's scores_kernel (rows past N_Q as 0): it stays on chip against every key tile
+    # TODO(phase 2, load-q): load this program's query block once
+    # Contract: q is the (BLOCK_M, D) tile of query rows offs_m; it stays on chip for the whole key
+    # sweep; rows past N_Q are read as harmless values.
     ### BEGIN SOLUTION
     # Rows past N_Q read 0: their scores are 0, finite, and their output is never stored.
     q = tl.load(q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
@@ -57,7 +59,10 @@ def flash_v1_kernel(q_ptr, k_ptr, v_ptr, o_ptr, qk_scale,
     ### END SOLUTION
     kT_ptrs = k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn
     v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-    # TODO(phase 2): initialise m_i (-inf), l_i (0) per query row and acc (BLOCK_M, D), all float32; then loop over key tiles: qk = tl.dot(q, kT, input_precision=PRECISION) * qk_scale (in log2 units), mask keys >= N_K with -inf unless EVEN_N, m_ij = max(m_i, rowmax(qk)), p = exp2(qk - m_ij), alpha = exp2(m_i - m_ij), l_i = l_i * alpha + rowsum(p), acc = acc * alpha + tl.dot(p in v's dtype, v, acc, input_precision=PRECISION), m_i = m_ij
+    # TODO(phase 2, loop): stream every key tile past the query block with the online softmax
+    # Invariant after each key tile, per query row: m_i = the max of the row's scores so far (in log2
+    # units: qk_scale = sm_scale * log2 e), l_i = sum of exp2(score - m_i) and acc = sum of
+    # exp2(score - m_i) * v over the keys so far, all float32. Keys >= N_K weigh nothing. No S or P in HBM.
     ### BEGIN SOLUTION
     m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -81,7 +86,8 @@ def flash_v1_kernel(q_ptr, k_ptr, v_ptr, o_ptr, qk_scale,
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
         m_i = m_ij
     ### END SOLUTION
-    # TODO(phase 2): normalise once at the end (acc / l_i) and store o in o's dtype, rows past N_Q masked
+    # TODO(phase 2, finish): normalise acc into o and store it
+    # Contract: o = softmax(q k^T * sm_scale) v for rows < N_Q, in o's dtype; one division per row.
     ### BEGIN SOLUTION
     acc = acc / l_i[:, None]
     tl.store(o_ptr + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,

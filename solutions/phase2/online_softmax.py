@@ -23,7 +23,9 @@ def online_softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride, BLOC
     x_row = x_ptr + row * x_row_stride
     y_row = y_ptr + row * y_row_stride
     cols = tl.arange(0, BLOCK)
-    # TODO(phase 2): one sweep over the row in chunks of BLOCK: keep the running max m and sum l (scalars in float32); for each chunk m_new = max(m, max(x)), l = l * exp(m - m_new) + sum(exp(x - m_new)), m = m_new
+    # TODO(phase 2, online-sweep): the row's max m and sum l in ONE sweep over x
+    # Invariant after each chunk: m = max of what was read, l = sum over what was read of exp(x - m).
+    # m and l are float32 scalars; no exponent is ever above 0.
     ### BEGIN SOLUTION
     m = tl.full([], -float("inf"), tl.float32)
     l = tl.full([], 0.0, tl.float32)
@@ -35,7 +37,8 @@ def online_softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride, BLOC
         l = l * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
         m = m_new
     ### END SOLUTION
-    # TODO(phase 2): a second sweep writes y = exp(x - m) / l in y's dtype (the only other read of x)
+    # TODO(phase 2, write): write y = softmax(x) from m and l
+    # Contract: one more read of the row, y stored in y's dtype, nothing past n_cols written.
     ### BEGIN SOLUTION
     for start in range(0, n_cols, BLOCK):
         x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf")).to(tl.float32)

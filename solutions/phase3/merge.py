@@ -20,7 +20,9 @@ def merge_partials(o_a, lse_a, o_b, lse_b):
     if lse_a.shape != o_a.shape[:-1] or lse_b.shape != o_b.shape[:-1]:
         raise ValueError(f"lse_a {tuple(lse_a.shape)} and lse_b {tuple(lse_b.shape)} must be o's shape "
                          f"{tuple(o_a.shape[:-1])} without its last dimension")
-    # TODO(phase 3): lse = log(exp(lse_a) + exp(lse_b)) in float32, computed stably (subtract the larger lse first; a chunk a row cannot see has lse = -inf and must weigh 0, not NaN); o = exp(lse_a - lse) * o_a + exp(lse_b - lse) * o_b
+    # TODO(phase 3, merge): merge two partial attentions into the attention over both chunks of keys
+    # Contract: the exact (o, lse) of the union, in float32 (the return line casts o); no overflow for
+    # any finite lse, however large; a chunk a row cannot see (lse = -inf) weighs 0, never NaN.
     ### BEGIN SOLUTION
     lse_a, lse_b = lse_a.float(), lse_b.float()
     m = torch.maximum(lse_a, lse_b)

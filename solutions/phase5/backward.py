@@ -23,7 +23,10 @@ PINNED = {
 
 def backward_config(D: int, dtype: torch.dtype, device, causal: bool) -> tuple:
     """The pinned pair of configurations for this GPU, or Phase 4's choice where none is pinned."""
-    # TODO(phase 5): the pinned configuration for this GPU's architecture (PINNED["sm_<major><minor>"][(D, causal)]) for 16-bit inputs on a CUDA device, and Phase 4's backward_config everywhere else (the interpreter, float32, GPUs nobody measured)
+    # TODO(phase 5, pinned): choose the backward configuration: pinned where measured, Phase 4's elsewhere
+    # Contract: a PINNED entry is used only for 16-bit inputs on a CUDA GPU whose architecture
+    # (sm_<major><minor>) and (D, causal) were measured; everything else (interpreter, float32, other
+    # GPUs) gets Phase 4's backward_config.
     ### BEGIN SOLUTION
     if device.type == "cuda" and dtype != torch.float32:
         major, minor = torch.cuda.get_device_capability(device)

@@ -29,7 +29,9 @@ def _load_rows(X, base, off_b, off_h, start, stride_n, n_rows,
                BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr):
     """Rows start .. start + BLOCK of one (batch, head) of X as a (BLOCK, HEAD_DIM) tile; rows
     past n_rows read as 0. X is a 4-D tensor descriptor when USE_TMA, else `base` points at the head."""
-    # TODO(phase 5): the tile through the descriptor when USE_TMA (a 4-D block [1, 1, BLOCK, HEAD_DIM] at coordinates (batch, head, row, 0); the copy engine zero-fills rows past the head's end), otherwise through pointers from `base` (masked only when MASKED)
+    # TODO(phase 5, load-rows): load rows start .. start + BLOCK of one head as a (BLOCK, HEAD_DIM) tile
+    # Contract: through the tensor descriptor when USE_TMA (the copy engine zero-fills rows past the
+    # head's end), else through pointers from `base`, masked only when MASKED; rows past n_rows read 0.
     ### BEGIN SOLUTION
     if USE_TMA:
         return X.load([off_b, off_h, start, 0]).reshape(BLOCK, HEAD_DIM)
@@ -52,7 +54,10 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, k_base, v_base, off_b, off_h, stride
     """Phase 3's online softmax over key blocks [start_n, end_n); MASKED=False is the hot loop."""
     offs_n = tl.arange(0, BLOCK_N)
     for start in tl.range(start_n, end_n, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        # TODO(phase 5): one key block of Phase 3's online softmax, with tiles from _load_rows: scores (masked to -inf when MASKED: keys >= N_K read as 0 through a descriptor, and, if CAUSAL, keys after the row), the new running max, p and the rescale factor (exp2 when USE_EXP2, else exp: qk_scale already carries log2(e) or not), l_i and acc updated, acc += p v with p in v's dtype (float32 when P_FP32, an ablation)
+        # TODO(phase 5, block): one key block of Phase 3's online softmax, with tiles from _load_rows
+        # Invariant: Phase 3's (m_i, l_i, acc), in log2 units when USE_EXP2 (qk_scale then carries
+        # log2 e) and natural units otherwise. A descriptor load gives 0, not -inf, past N_K: when MASKED,
+        # invisible keys must still weigh 0. P_FP32 (an ablation) keeps p in float32 for the second matmul.
         ### BEGIN SOLUTION
         k = _load_rows(K, k_base, off_b, off_h, start, stride_kn, N_K, BLOCK_N, HEAD_DIM, USE_TMA, MASKED)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
@@ -110,7 +115,9 @@ def attn_fwd_kernel(Q, K, V, O, LSE, sm_scale,
         v_base = V + off_b.to(tl.int64) * stride_vb + off_h.to(tl.int64) * stride_vh
     q = _load_rows(Q, q_base, off_b, off_h, start_m * BLOCK_M, stride_qn, N_Q, BLOCK_M, HEAD_DIM, USE_TMA, True)
 
-    # TODO(phase 5): Phase 3's start: the running statistics (m_i, l_i, acc) and the key range of this query block: `end` (the last key any row sees) and `full` (where the unmasked blocks stop); with CAUSAL and not SPLIT_CAUSAL (an ablation) every block goes through the masked loop
+    # TODO(phase 5, start): Phase 3's start: the running state, qk_scale and the key range [0, full) + [full, end)
+    # Contract: as Phase 3, plus the switches: qk_scale carries log2 e only when USE_EXP2, and with
+    # CAUSAL and not SPLIT_CAUSAL (an ablation) every visible block goes through the masked loop.
     ### BEGIN SOLUTION
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -134,7 +141,9 @@ def attn_fwd_kernel(Q, K, V, O, LSE, sm_scale,
                                     full, end, offs_m, N_K, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL,
                                     USE_TMA, USE_EXP2, P_FP32, False, DOT_PRECISION)
 
-    # TODO(phase 5): Phase 3's finish: o from acc and l_i, and the natural-log lse from m_i and l_i (in log2 units when USE_EXP2), stored as float32 for rows < N_Q
+    # TODO(phase 5, finish): Phase 3's finish: o from acc and l_i, and the natural-log lse stored as float32
+    # Contract: lse = log(sum_j exp(s_ij * sm_scale)) whatever the units of m_i (log2 when USE_EXP2),
+    # stored for rows < N_Q; o is stored by the next TODO.
     ### BEGIN SOLUTION
     o = acc / l_i[:, None]
     if USE_EXP2:
@@ -143,7 +152,9 @@ def attn_fwd_kernel(Q, K, V, O, LSE, sm_scale,
         lse = m_i + tl.log(l_i)
     tl.store(LSE + off_bh.to(tl.int64) * N_Q + offs_m, lse, mask=offs_m < N_Q)
     ### END SOLUTION
-    # TODO(phase 5): store o in O's dtype: through the descriptor when USE_TMA (rows past N_Q are clipped by the copy engine, per head), else through pointers with a row mask
+    # TODO(phase 5, store-o): store o in O's dtype
+    # Contract: through the descriptor when USE_TMA (the copy engine clips rows past N_Q, per head),
+    # else through pointers with a row mask; no row >= N_Q of any head is written.
     ### BEGIN SOLUTION
     if USE_TMA:
         O.store([off_b, off_h, start_m * BLOCK_M, 0], o.to(O.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
@@ -188,7 +199,10 @@ def accumulator_registers(cfg: Config, head_dim: int) -> int:
 
 def fits(cfg: Config, head_dim: int, smem_limit: int, elem_bytes: int = 2) -> bool:
     """Would this configuration compile to something sensible on a chip with `smem_limit` bytes?"""
-    # TODO(phase 5): the pruning rule: a configuration fits when its shared memory (smem_bytes) is within smem_limit, its float32 accumulators leave room in the 255 registers a thread can address (keep them at or under about 128), and BLOCK_M is a multiple of BLOCK_N (the causal split relies on it)
+    # TODO(phase 5, fits): the pruning rule: does this configuration fit the chip?
+    # Contract: True only when its shared memory fits smem_limit, its float32 accumulators leave
+    # room in a thread's 255 registers (at most about 128 of them), and the causal split works
+    # (BLOCK_M a multiple of BLOCK_N).
     ### BEGIN SOLUTION
     if smem_bytes(cfg, head_dim, elem_bytes) > smem_limit:
         return False
