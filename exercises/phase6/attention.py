@@ -22,14 +22,18 @@ class FlashAttentionVarlenFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, sm_scale,
                 dropout_p, seed):
-        # TODO(phase 6): run varlen_forward and save for the backward only what it needs to redo the work: q, k, v, o, lse and the two cu_seqlens (ctx.save_for_backward), never the mask; the seed and the other options go on ctx as plain values
-        raise NotImplementedError("phase 6: run varlen_forward and save for the backward only what it needs to redo the work: q, k, v, o, lse and the two cu_seqlens (ctx.save_for_backward), never the mask; the seed and the other options go on ctx as plain values")
+        # TODO(phase 6, autograd-forward): run the varlen forward and keep what the backward needs
+        # Contract: o is returned; the context keeps q, k, v, o, lse and both cu_seqlens (saved tensors) and
+        # the seed and the other options as plain values: never the dropout mask (Nq x Nk per head).
+        raise NotImplementedError("phase 6: run the varlen forward and keep what the backward needs")
         return o
 
     @staticmethod
     def backward(ctx, do):
-        # TODO(phase 6): varlen_backward with the saved tensors and the very options (and seed) of the forward; one gradient per input of forward (None for everything but q, k and v)
-        raise NotImplementedError("phase 6: varlen_backward with the saved tensors and the very options (and seed) of the forward; one gradient per input of forward (None for everything but q, k and v)")
+        # TODO(phase 6, autograd-backward): the gradients of forward's inputs from dO
+        # Contract: the backward redraws the forward's very mask (the same seed and options); autograd
+        # expects one value per input of forward, in order (None for all but q, k and v).
+        raise NotImplementedError("phase 6: the gradients of forward's inputs from dO")
 
 
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,

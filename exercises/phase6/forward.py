@@ -25,10 +25,16 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, start_n, 
     k_ptrs += start_n * stride_kn
     v_ptrs += start_n * stride_vn
     for start in range(start_n, end_n, BLOCK_N):
-        # TODO(phase 6): Phase 3's step for one key block, up to the matmul with V: cols, the block's key indices; load k (rows >= N_K as 0 when MASKED), the scores, -inf where MASKED hides a key (past N_K, or after the row when CAUSAL), the new running max m_ij, p, alpha, l_i and acc rescaled, and v loaded; every index is local to the sequence
-        tl.static_assert(False, "phase 6: Phase 3's step for one key block, up to the matmul with V: cols, the block's key indices; load k (rows >= N_K as 0 when MASKED), the scores, -inf where MASKED hides a key (past N_K, or after the row when CAUSAL), the new running max m_ij, p, alpha, l_i and acc rescaled, and v loaded; every index is local to the sequence")
-        # TODO(phase 6): where dropout enters O: when DROPOUT, zero the dropped probabilities (dropout_keep of this tile: rows offs_m, columns cols, head bh) after they went into l_i (the softmax normalizes over every key, dropped or not) and before acc += p v (p in v's dtype); the 1/(1-p) comes once, at the end
-        tl.static_assert(False, "phase 6: where dropout enters O: when DROPOUT, zero the dropped probabilities (dropout_keep of this tile: rows offs_m, columns cols, head bh) after they went into l_i (the softmax normalizes over every key, dropped or not) and before acc += p v (p in v's dtype); the 1/(1-p) comes once, at the end")
+        # TODO(phase 6, fwd-block): Phase 3's online-softmax step for one key block, up to the load of v
+        # Invariant: Phase 3's (m_i, l_i, acc) in log2 units, with l_i and acc rescaled to the new max m_ij;
+        # every index is local to the sequence (key j of this sequence, not of the pack); when MASKED, keys
+        # >= N_K and (causal) keys after the row weigh exactly 0. cols: this block's key indices.
+        tl.static_assert(False, "phase 6: Phase 3's online-softmax step for one key block, up to the load of v")
+        # TODO(phase 6, fwd-dropout): where dropout enters O: acc += p v, the dropped probabilities left out
+        # Contract: l_i already holds every key's p, dropped or not (the softmax normalizes over all keys);
+        # when DROPOUT, only the elements kept by dropout_keep (head bh, rows offs_m, columns cols) reach
+        # acc, and their 1/(1-p) comes once, in the finish; p meets v in v's dtype; m_i moves to m_ij.
+        tl.static_assert(False, "phase 6: where dropout enters O: acc += p v, the dropped probabilities left out")
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
     return acc, l_i, m_i
@@ -46,8 +52,11 @@ def varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, sm_scale, seed, dropout_p,
     bh = pid // N_M_BLOCKS
     seq = bh // H
     h = bh % H
-    # TODO(phase 6): the varlen offsets: the sequence's first rows in the packed q and k (q_start, k_start, from CU_Q and CU_K) and its lengths N_Q and N_K; return at once when this query block starts at or past N_Q (the grid is sized for the longest sequence)
-    tl.static_assert(False, "phase 6: the varlen offsets: the sequence's first rows in the packed q and k (q_start, k_start, from CU_Q and CU_K) and its lengths N_Q and N_K; return at once when this query block starts at or past N_Q (the grid is sized for the longest sequence)")
+    # TODO(phase 6, fwd-offsets): the forward program's sequence: where it lives in the pack, and its lengths
+    # Contract: q_start and k_start (its first rows in q and in k, v) and N_Q, N_K come from CU_Q and CU_K
+    # (the host never reads them); a program whose query block starts at or past N_Q returns without
+    # storing anything (the grid is sized for the longest sequence).
+    tl.static_assert(False, "phase 6: the forward program's sequence: where it lives in the pack, and its lengths")
     # int64: a packed tensor of many long sequences passes 2**31 elements.
     q_base = Q + q_start.to(tl.int64) * stride_qt + h.to(tl.int64) * stride_qh
     k_base = K + k_start.to(tl.int64) * stride_kt + h.to(tl.int64) * stride_kh
@@ -63,8 +72,10 @@ def varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, sm_scale, seed, dropout_p,
     v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
     qk_scale = sm_scale * 1.4426950408889634
 
-    # TODO(phase 6): Phase 3's running state and key range for this query block of the sequence: m_i, l_i, acc (float32) and end / full (causal per sequence, top-left: row i sees keys 0..i of its own sequence)
-    tl.static_assert(False, "phase 6: Phase 3's running state and key range for this query block of the sequence: m_i, l_i, acc (float32) and end / full (causal per sequence, top-left: row i sees keys 0..i of its own sequence)")
+    # TODO(phase 6, fwd-start): Phase 3's running state and key range [0, full) + [full, end) for this block
+    # Contract: as Phase 3's init and range, with this sequence's N_K: causal is per sequence and
+    # top-left (row i sees keys 0..i of its own sequence); no key block that no row may see is visited.
+    tl.static_assert(False, "phase 6: Phase 3's running state and key range [0, full) + [full, end) for this block")
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, 0, full, offs_m, offs_n,
                                N_K, qk_scale, seed, bh, MAX_Q, MAX_K, dropout_p,
                                BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION)
@@ -72,8 +83,11 @@ def varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, sm_scale, seed, dropout_p,
                                N_K, qk_scale, seed, bh, MAX_Q, MAX_K, dropout_p,
                                BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION)
 
-    # TODO(phase 6): finish: o = acc / l_i, times 1 / (1 - dropout_p) when DROPOUT (the survivors' scale), stored in O's dtype for rows < N_Q; a row that saw no key at all (a sequence with N_K = 0) has l_i = 0 and gets o = 0, not NaN; lse from m_i and l_i as in Phase 3, stored at LSE[h, q_start + row] (an (H, TOTAL_Q) float32 array)
-    tl.static_assert(False, "phase 6: finish: o = acc / l_i, times 1 / (1 - dropout_p) when DROPOUT (the survivors' scale), stored in O's dtype for rows < N_Q; a row that saw no key at all (a sequence with N_K = 0) has l_i = 0 and gets o = 0, not NaN; lse from m_i and l_i as in Phase 3, stored at LSE[h, q_start + row] (an (H, TOTAL_Q) float32 array)")
+    # TODO(phase 6, fwd-finish): store o and lse for the rows < N_Q of this sequence
+    # Contract: o = acc / l_i, times 1/(1-p) when DROPOUT, in O's dtype; a row that saw no key (N_K = 0)
+    # gets o = 0, not NaN, and lse = -inf; lse is the natural-log logsumexp over every key (dropout does
+    # not change it), float32, at LSE[h, q_start + row] of an (H, TOTAL_Q) array.
+    tl.static_assert(False, "phase 6: store o and lse for the rows < N_Q of this sequence")
 
 
 def varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, sm_scale,

@@ -19,7 +19,7 @@ import torch
 
 from grader import aot, bench, impl, numerics, timing
 from grader.honesty import graded_call, timed
-from grader.inputs import FLOAT, assert_refuses, qkv, randn
+from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, randn
 from grader.phases import test_phase4 as phase4
 
 PHASE = 6
@@ -332,10 +332,7 @@ def test_varlen_refuses_bad_cu_seqlens(api, gen, device):
     lengths = [5, 9, 3]
     q, k, v, cu, _ = pack(lengths, lengths, 2, 16, torch.float32, device, gen)
     f = lambda cu_q=cu, cu_k=cu, max_q=9, max_k=9, q=q: api.flash_attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k)
-    good = graded_call(f, what="flash_attention_varlen")  # good input works
-    first = [x[:5].transpose(0, 1) for x in (q, k, v)]  # sequence 0, (H, N, D)
-    numerics.assert_close("o of sequence 0", good[:5].transpose(0, 1), numerics.reference_attention(*first)[0],
-                          numerics.sdpa(*first))
+    assert_accepts(f, "float32 q, k, v of 17 tokens, 2 heads, D=16, cu_seqlens [0, 5, 14, 17], max_seqlen 9")
     dev = lambda values, dtype=torch.int32: torch.tensor(values, dtype=dtype, device=device)
     assert_refuses(lambda: f(cu_q=dev([0, 9, 5, 17])), ValueError, "cu_seqlens_q", "cu_seqlens_q not increasing")
     assert_refuses(lambda: f(cu_k=cu.long()), TypeError, "cu_seqlens_k", "cu_seqlens_k of dtype int64")

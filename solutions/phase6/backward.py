@@ -34,7 +34,9 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qt, stride_dot, start_n
         do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :], mask=in_q[:, None], other=0.0)
         lse2 = tl.load(LSE2 + offs_m, mask=in_q, other=float("inf"))
         delta = tl.load(DELTA + offs_m, mask=in_q, other=0.0)
-        # TODO(phase 6): Phase 4's recomputation of P^T for this tile (zeroed above the diagonal when MASK) and dP^T = v dO^T
+        # TODO(phase 6, dkdv-recompute): Phase 4's P^T of this tile, recomputed, and dP^T = v dO^T
+        # Contract: P^T from k, q and lse2 (never loaded), exactly 0 above the causal diagonal when MASK;
+        # dP^T before dropout (the next TODO applies the mask); indices local to the sequence.
         ### BEGIN SOLUTION
         sT = tl.dot(k, qT, input_precision=PRECISION)
         pT = tl.math.exp2(sT * qk_scale - lse2[None, :])
@@ -42,7 +44,11 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qt, stride_dot, start_n
             pT = tl.where(offs_n[:, None] <= offs_m[None, :], pT, 0.0)
         dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         ### END SOLUTION
-        # TODO(phase 6): where dropout enters dV and dS: without DROPOUT, Phase 4's dv += P^T dO, dS^T = P^T (dP^T - delta), dk += dS^T q. With it, the forward's mask of this tile, transposed (dropout_keep with rows offs_m[None, :] and columns offs_n[:, None]): dv gets the kept P^T (its 1/(1-p) is applied once, after the sweep), dP^T keeps only the kept elements, times 1/(1-p), before delta is subtracted; dS^T uses the full P^T
+        # TODO(phase 6, dkdv-dropout): add this tile to dv and dk, with dropout where it belongs
+        # Contract: without DROPOUT, Phase 4's dv += P^T dO, dS^T = P^T (dP^T - delta), dk += dS^T q. With it,
+        # the forward's mask of this tile, transposed (same seed, bh, row, col): dv gets the kept P^T only
+        # (its 1/(1-p) is applied once, after the sweep); dP^T keeps only the kept elements, times 1/(1-p),
+        # before delta is subtracted; dS^T multiplies the full, undropped P^T.
         ### BEGIN SOLUTION
         if DROPOUT:
             keepT = dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], MAX_Q, MAX_K, dropout_p)
@@ -69,7 +75,9 @@ def varlen_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV, CU_Q, CU_K, sm_scale, q
     seq = bh // H
     h = (bh % H).to(tl.int64)
     start_n = tl.program_id(1) * BLOCK_N
-    # TODO(phase 6): the varlen offsets, as in the forward: q_start, N_Q, k_start, N_K of this sequence; return when this key block starts at or past N_K
+    # TODO(phase 6, dkdv-offsets): the dK/dV program's sequence: where it lives in the pack, and its lengths
+    # Contract: q_start, N_Q, k_start, N_K from CU_Q and CU_K, as in the forward; a program whose key
+    # block starts at or past N_K returns without storing anything.
     ### BEGIN SOLUTION
     q_start = tl.load(CU_Q + seq)
     N_Q = tl.load(CU_Q + seq + 1) - q_start
@@ -90,7 +98,10 @@ def varlen_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV, CU_Q, CU_K, sm_scale, q
     DELTA += h * TOTAL_Q + q_start
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    # TODO(phase 6): Phase 4's sweep over the query blocks that see this key block (causal: skip queries before start_n, the diagonal block masked in steps of MASK_BLOCK_M, the rest unmasked), over this sequence's N_Q queries
+    # TODO(phase 6, dkdv-sweep): sweep the query blocks of this sequence that see this key block
+    # Contract: Phase 4's sweep, over this sequence's N_Q queries: every query that sees a key of this
+    # block is visited exactly once; causal skips the queries before start_n and masks only the diagonal
+    # block, in steps of MASK_BLOCK_M.
     ### BEGIN SOLUTION
     if CAUSAL:
         dk, dv = _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qt, stride_dot,
@@ -127,7 +138,9 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, start_m, lo, h
         else:
             kT = tl.load(K + offs_n[None, :] * stride_kt + offs_d[:, None])
             vT = tl.load(V + offs_n[None, :] * stride_vt + offs_d[:, None])
-        # TODO(phase 6): Phase 4's recomputation of P for this tile (zeroed where MASK hides a key: past N_K, or after the row when CAUSAL) and dP = dO v^T
+        # TODO(phase 6, dq-recompute): Phase 4's P of this tile, recomputed, and dP = dO v^T
+        # Contract: P from q, k and lse2 (never loaded), exactly 0 where MASK hides a key (>= N_K, or after
+        # the row when CAUSAL); dP before dropout (the next TODO applies the mask).
         ### BEGIN SOLUTION
         s = tl.dot(q, kT, input_precision=PRECISION)
         p = tl.math.exp2(s * qk_scale - lse2[:, None])
@@ -138,7 +151,10 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, start_m, lo, h
             p = tl.where(keep, p, 0.0)
         dp = tl.dot(do, vT, input_precision=PRECISION)
         ### END SOLUTION
-        # TODO(phase 6): where dropout enters dS in the dQ kernel: when DROPOUT, keep only the forward's kept elements of dP (dropout_keep of rows offs_m, columns offs_n), times 1/(1-p); then Phase 4's dS = P (dP - delta) and dq += dS k
+        # TODO(phase 6, dq-dropout): add this tile to dq, with dropout where it belongs
+        # Contract: without DROPOUT, Phase 4's dS = P (dP - delta), dq += dS k. With it, dP keeps only the
+        # forward's kept elements of this tile (same seed, bh, row, col), times 1/(1-p), before delta is
+        # subtracted; dS multiplies the undropped P.
         ### BEGIN SOLUTION
         if DROPOUT:
             kept = dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], MAX_Q, MAX_K, dropout_p)
@@ -161,7 +177,9 @@ def varlen_dq_kernel(Q, K, V, DO, LSE2, DELTA, DQ, CU_Q, CU_K, sm_scale, qk_scal
     seq = bh // H
     h = (bh % H).to(tl.int64)
     start_m = tl.program_id(1) * BLOCK_M
-    # TODO(phase 6): the varlen offsets of this sequence (q_start, N_Q, k_start, N_K); return when this query block starts at or past N_Q
+    # TODO(phase 6, dq-offsets): the dQ program's sequence: where it lives in the pack, and its lengths
+    # Contract: q_start, N_Q, k_start, N_K from CU_Q and CU_K; a program whose query block starts at or
+    # past N_Q returns without storing anything.
     ### BEGIN SOLUTION
     q_start = tl.load(CU_Q + seq)
     N_Q = tl.load(CU_Q + seq + 1) - q_start
@@ -181,7 +199,10 @@ def varlen_dq_kernel(Q, K, V, DO, LSE2, DELTA, DQ, CU_Q, CU_K, sm_scale, qk_scal
     K += k_start.to(tl.int64) * stride_kt + h * stride_kh
     V += k_start.to(tl.int64) * stride_vt + h * stride_vh
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    # TODO(phase 6): Phase 4's sweep over the key blocks this query block sees (unmasked whole blocks, then the masked rest in steps of MASK_BLOCK_N; causal stops at the diagonal), over this sequence's N_K keys
+    # TODO(phase 6, dq-sweep): sweep the key blocks of this sequence that this query block sees
+    # Contract: Phase 4's sweep, over this sequence's N_K keys: every visible key visited exactly once;
+    # whole visible blocks unmasked, the partial last block and the causal diagonal masked, in steps of
+    # MASK_BLOCK_N; blocks no row sees skipped.
     ### BEGIN SOLUTION
     n_k_full = (N_K // BLOCK_N) * BLOCK_N
     if CAUSAL:

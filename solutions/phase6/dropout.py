@@ -26,7 +26,10 @@ def dropout_keep(seed, bh, rows, cols, MAX_Q, MAX_K, dropout_p):
     element of every head gets its own counter, and a kernel that walks the tiles in another
     order or shape (the backward works transposed, with other block sizes) draws the same numbers.
     """
-    # TODO(phase 6): the element's counter, in int64 (batch * heads * MAX_Q * MAX_K passes 2**31 quickly): its index in a (batch * heads, MAX_Q, MAX_K) array; one uniform number per element from tl.rand(seed, counter); kept when that number is >= dropout_p, so that a fraction 1 - dropout_p survives
+    # TODO(phase 6, keep): the keep-mask of this tile, a pure function of (seed, bh, row, col)
+    # Contract: True with probability 1 - dropout_p, independently for every element of every head; the
+    # same (seed, bh, row, col) gives the same answer in any kernel, tile shape or order. The element's
+    # counter is unique in a (batch * heads, MAX_Q, MAX_K) array, computed in int64 (it passes 2**31).
     ### BEGIN SOLUTION
     counter = (bh.to(tl.int64) * MAX_Q + rows) * MAX_K + cols
     return tl.rand(seed, counter) >= dropout_p
