@@ -53,15 +53,19 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qt, stride_dot, start_n
 def varlen_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV, CU_Q, CU_K, sm_scale, qk_scale, seed, dropout_p,
                        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                        stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-                       H, TOTAL_Q, MAX_Q, MAX_K,
+                       H, TOTAL_Q, MAX_Q, MAX_K, N_N_BLOCKS,
                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        MASK_BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
                        PRECISION: tl.constexpr):
-    # (sequence * H + head) on the first grid axis: it may pass 65535, the limit of the others.
-    bh = tl.program_id(0)
+    # A 1-D grid, the key blocks of one (sequence, head) on neighbouring programs, the order of Phase
+    # 4's (key block, head) grid: the programs that run together sweep the same q and dO, which stay
+    # in L2. (Head first, every running program streamed another head's q and dO from memory; and a
+    # second grid axis stops at 65535 programs, which sequences * H may pass.)
+    pid = tl.program_id(0)
+    bh = pid // N_N_BLOCKS
     seq = bh // H
     h = (bh % H).to(tl.int64)
-    start_n = tl.program_id(1) * BLOCK_N
+    start_n = (pid % N_N_BLOCKS) * BLOCK_N
     # TODO(phase 6, dkdv-offsets): the dK/dV program's sequence: where it lives in the pack, and its lengths
     # Contract: q_start, N_Q, k_start, N_K from CU_Q and CU_K, as in the forward; a program whose key
     # block starts at or past N_K returns without storing anything.
@@ -69,9 +73,14 @@ def varlen_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV, CU_Q, CU_K, sm_scale, q
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     in_k = offs_n[:, None] < N_K
-    k_rows = k_start.to(tl.int64) + offs_n[:, None]
-    k = tl.load(K + k_rows * stride_kt + h * stride_kh + offs_d[None, :], mask=in_k, other=0.0)
-    v = tl.load(V + k_rows * stride_vt + h * stride_vh + offs_d[None, :], mask=in_k, other=0.0)
+    # The sequence's first rows, once per program in int64 (a pack may pass 2**31 elements); the
+    # offsets of rows within the sequence stay 32-bit, as in Phase 4.
+    K += k_start.to(tl.int64) * stride_kt + h * stride_kh
+    V += k_start.to(tl.int64) * stride_vt + h * stride_vh
+    DK += k_start.to(tl.int64) * stride_dkt + h * stride_dkh
+    DV += k_start.to(tl.int64) * stride_dvt + h * stride_dvh
+    k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :], mask=in_k, other=0.0)
+    v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :], mask=in_k, other=0.0)
     Q += q_start.to(tl.int64) * stride_qt + h * stride_qh
     DO += q_start.to(tl.int64) * stride_dot + h * stride_doh
     LSE2 += h * TOTAL_Q + q_start
@@ -86,8 +95,8 @@ def varlen_dkdv_kernel(Q, K, V, DO, LSE2, DELTA, DK, DV, CU_Q, CU_K, sm_scale, q
     if DROPOUT:
         dv *= 1.0 / (1.0 - dropout_p)  # P_drop = P * M / (1 - p): the scale of dV, once per key row
     dk *= sm_scale
-    tl.store(DK + k_rows * stride_dkt + h * stride_dkh + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=in_k)
-    tl.store(DV + k_rows * stride_dvt + h * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=in_k)
+    tl.store(DK + offs_n[:, None] * stride_dkt + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=in_k)
+    tl.store(DV + offs_n[:, None] * stride_dvt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=in_k)
 
 
 @triton.jit
@@ -123,14 +132,20 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, start_m, lo, h
 def varlen_dq_kernel(Q, K, V, DO, LSE2, DELTA, DQ, CU_Q, CU_K, sm_scale, qk_scale, seed, dropout_p,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                      stride_dqt, stride_dqh,
-                     H, TOTAL_Q, MAX_Q, MAX_K,
+                     H, TOTAL_Q, MAX_Q, MAX_K, N_M_BLOCKS,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      MASK_BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
                      PRECISION: tl.constexpr):
-    bh = tl.program_id(0)
+    # As the dK/dV kernel: a 1-D grid, the query blocks of one (sequence, head) side by side, sharing
+    # its k and v in L2. Causal: the last query blocks see the most keys; launched first (Phase 4).
+    pid = tl.program_id(0)
+    bh = pid // N_M_BLOCKS
     seq = bh // H
     h = (bh % H).to(tl.int64)
-    start_m = tl.program_id(1) * BLOCK_M
+    block = pid % N_M_BLOCKS
+    if CAUSAL:
+        block = N_M_BLOCKS - 1 - block
+    start_m = block * BLOCK_M
     # TODO(phase 6, dq-offsets): the dQ program's sequence: where it lives in the pack, and its lengths
     # Contract: q_start, N_Q, k_start, N_K from CU_Q and CU_K; a program whose query block starts at or
     # past N_Q returns without storing anything.
@@ -138,9 +153,11 @@ def varlen_dq_kernel(Q, K, V, DO, LSE2, DELTA, DQ, CU_Q, CU_K, sm_scale, qk_scal
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     in_q = offs_m < N_Q
-    q_rows = q_start.to(tl.int64) + offs_m[:, None]
-    q = tl.load(Q + q_rows * stride_qt + h * stride_qh + offs_d[None, :], mask=in_q[:, None], other=0.0)
-    do = tl.load(DO + q_rows * stride_dot + h * stride_doh + offs_d[None, :], mask=in_q[:, None], other=0.0)
+    Q += q_start.to(tl.int64) * stride_qt + h * stride_qh  # int64 once per program, as in the dK/dV kernel
+    DO += q_start.to(tl.int64) * stride_dot + h * stride_doh
+    DQ += q_start.to(tl.int64) * stride_dqt + h * stride_dqh
+    q = tl.load(Q + offs_m[:, None] * stride_qt + offs_d[None, :], mask=in_q[:, None], other=0.0)
+    do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :], mask=in_q[:, None], other=0.0)
     lse2 = tl.load(LSE2 + h * TOTAL_Q + q_start + offs_m, mask=in_q, other=0.0)
     delta = tl.load(DELTA + h * TOTAL_Q + q_start + offs_m, mask=in_q, other=0.0)
     K += k_start.to(tl.int64) * stride_kt + h * stride_kh
@@ -152,8 +169,7 @@ def varlen_dq_kernel(Q, K, V, DO, LSE2, DELTA, DQ, CU_Q, CU_K, sm_scale, qk_scal
     # MASK_BLOCK_N; blocks no row sees skipped.
     tl.static_assert(False, "phase 6: sweep the key blocks of this sequence that this query block sees")
     dq *= sm_scale
-    tl.store(DQ + q_rows * stride_dqt + h * stride_dqh + offs_d[None, :], dq.to(DQ.dtype.element_ty),
-             mask=in_q[:, None])
+    tl.store(DQ + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=in_q[:, None])
 
 
 def varlen_backward(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, sm_scale,
@@ -176,14 +192,15 @@ def varlen_backward(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_
     dropout = dropout_p > 0.0
     common = (sm_scale, sm_scale * LOG2E, seed if dropout else 0, dropout_p)
     strides = (*q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *do.stride()[:2])
-    varlen_dkdv_kernel[(n_seq * H, triton.cdiv(max_seqlen_k, n1))](
+    n_n_blocks, n_m_blocks = triton.cdiv(max_seqlen_k, n1), triton.cdiv(max_seqlen_q, m2)
+    varlen_dkdv_kernel[(n_seq * H * n_n_blocks,)](
         q, k, v, do, lse2, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, *common,
-        *strides, *dk.stride()[:2], *dv.stride()[:2], H, total_q, max_seqlen_q, max_seqlen_k,
+        *strides, *dk.stride()[:2], *dv.stride()[:2], H, total_q, max_seqlen_q, max_seqlen_k, n_n_blocks,
         HEAD_DIM=D, BLOCK_M=m1, BLOCK_N=n1, MASK_BLOCK_M=mask_m1, CAUSAL=causal, DROPOUT=dropout,
         PRECISION=precision, num_warps=warps1, num_stages=stages1)
-    varlen_dq_kernel[(n_seq * H, triton.cdiv(max_seqlen_q, m2))](
+    varlen_dq_kernel[(n_seq * H * n_m_blocks,)](
         q, k, v, do, lse2, delta, dq, cu_seqlens_q, cu_seqlens_k, *common,
-        *strides, *dq.stride()[:2], H, total_q, max_seqlen_q, max_seqlen_k,
+        *strides, *dq.stride()[:2], H, total_q, max_seqlen_q, max_seqlen_k, n_m_blocks,
         HEAD_DIM=D, BLOCK_M=m2, BLOCK_N=n2, MASK_BLOCK_N=mask_n2, CAUSAL=causal, DROPOUT=dropout,
         PRECISION=precision, num_warps=warps2, num_stages=stages2)
     return dq, dk, dv

@@ -13,7 +13,7 @@ import triton.language as tl
 
 from ..phase3.forward import _config as phase3_config
 from .dropout import dropout_keep
-from .varlen import as_heads
+from .varlen import as_heads, check_cu_seqlens
 
 
 @triton.jit
@@ -92,7 +92,8 @@ def varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, sm_scale, seed, dropout_p,
 
 def varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, sm_scale,
                    dropout_p, seed, config=None):
-    """(o, lse) of packed, already checked inputs: o (total_q, H, D) in q's dtype, lse (H, total_q) float32.
+    """(o, lse) of packed inputs that passed `check_varlen`: o (total_q, H, D) in q's dtype, lse (H, total_q)
+    float32. The values of cu_seqlens are checked here, right before the launch.
 
     `config` = (BLOCK_M, BLOCK_N, num_warps, num_stages) overrides Phase 3's tuned choice.
     """
@@ -106,6 +107,9 @@ def varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
     block_m, block_n, num_warps, num_stages = config or phase3_config(as_heads(q), long_k, causal)
     n_m_blocks = triton.cdiv(max_seqlen_q, block_m)
     dropout = dropout_p > 0.0
+    # The values of cu_seqlens, last before the launch: the GPU, drained by this check's copy to the
+    # host, idles only until the kernel below starts.
+    check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0], max_seqlen_q, max_seqlen_k)
     varlen_fwd_kernel[(n_m_blocks * n_seq * H,)](
         q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, sm_scale, seed if dropout else 0, dropout_p,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),

@@ -388,13 +388,15 @@ def _compile_specs():
                   "dropout_p": "fp32"}
         sig = {n: f"*{t}" for n in ("Q", "K", "V", "DO")} | {"LSE2": "*fp32", "DELTA": "*fp32", "DK": f"*{t}",
                                                              "DV": f"*{t}"} | common
-        sig |= {f"stride_{x}{d}": "i64" for x in ("q", "k", "v", "do", "dk", "dv") for d in "th"} | varlen
+        sig |= {f"stride_{x}{d}": "i64" for x in ("q", "k", "v", "do", "dk", "dv") for d in "th"} | varlen | \
+            {"N_N_BLOCKS": "i32"}
         consts = _consts(D, {"BLOCK_M": m1, "BLOCK_N": n1, "MASK_BLOCK_M": mm1}, causal, dropout) | \
             {"PRECISION": precision}
         specs.append(aot.KernelSpec("backward", "varlen_dkdv_kernel", sig | {c: "constexpr" for c in consts}, consts,
                                     w1, s1, f"{label}, BLOCK_M={m1}, BLOCK_N={n1}", archs=(arch,)))
         sig = {n: f"*{t}" for n in ("Q", "K", "V", "DO")} | {"LSE2": "*fp32", "DELTA": "*fp32", "DQ": f"*{t}"} | common
-        sig |= {f"stride_{x}{d}": "i64" for x in ("q", "k", "v", "do", "dq") for d in "th"} | varlen
+        sig |= {f"stride_{x}{d}": "i64" for x in ("q", "k", "v", "do", "dq") for d in "th"} | varlen | \
+            {"N_M_BLOCKS": "i32"}
         consts = _consts(D, {"BLOCK_M": m2, "BLOCK_N": n2, "MASK_BLOCK_N": mn2}, causal, dropout) | \
             {"PRECISION": precision}
         specs.append(aot.KernelSpec("backward", "varlen_dq_kernel", sig | {c: "constexpr" for c in consts}, consts,

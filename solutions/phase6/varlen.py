@@ -6,7 +6,11 @@ padding: q is (total_q, H, D), k and v (total_k, H, D). `cu_seqlens_q` (int32, b
 holds the prefix sums of the lengths: sequence b owns rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1].
 `max_seqlen_q` is the longest length: the kernels size their grid with it without reading
 cu_seqlens on the host. A wrong cu_seqlens is an out-of-bounds read or a silently wrong answer in a
-kernel, so it is checked here, once, before any launch.
+kernel, so it is checked before any launch, in two steps: `check_varlen` (types, shapes, devices:
+no value of cu_seqlens needed) at the start of a call, and `check_cu_seqlens` (the values, copied to
+the host) right before the forward's launch. That copy is the call's one synchronization: the CPU
+waits for the GPU to finish everything queued before it, and the GPU then idles until the next
+launch, so only a launch may stand between the two.
 """
 import torch
 
@@ -25,7 +29,7 @@ def check_packed_inputs(q, k, v):
     check_attention_inputs(*(as_heads(x) if isinstance(x, torch.Tensor) else x for x in (q, k, v)))
 
 
-def _lengths(cu_seqlens, name, total, device):
+def _check_cu_type(cu_seqlens, name, device):
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of int32, got {type(cu_seqlens).__name__}")
     if cu_seqlens.dtype != torch.int32:
@@ -34,7 +38,23 @@ def _lengths(cu_seqlens, name, total, device):
         raise ValueError(f"{name} must be 1-D with batch + 1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
     if cu_seqlens.device != device:
         raise ValueError(f"{name} is on {cu_seqlens.device}, q on {device}")
-    bounds = cu_seqlens.tolist()  # one small copy to the host: the checks below cannot run in a kernel
+
+
+def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """Shapes, dtypes and devices of the packed inputs and of cu_seqlens, and max_seqlen's type:
+    everything that needs no value of cu_seqlens (nothing waits for the GPU)."""
+    check_packed_inputs(q, k, v)
+    _check_cu_type(cu_seqlens_q, "cu_seqlens_q", q.device)
+    _check_cu_type(cu_seqlens_k, "cu_seqlens_k", q.device)
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe one batch: {cu_seqlens_q.numel()} and "
+                         f"{cu_seqlens_k.numel()} entries")
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _lengths(bounds, name, total):
     if bounds[0] != 0:
         raise ValueError(f"{name} must start at 0, got {bounds[0]}")
     lengths = [b - a for a, b in zip(bounds, bounds[1:])]
@@ -47,18 +67,17 @@ def _lengths(cu_seqlens, name, total, device):
     return lengths
 
 
-def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-    """Shapes, dtypes and devices of the packed inputs, and cu_seqlens / max_seqlen consistent with
-    them; returns (sequence lengths of q, of k)."""
-    check_packed_inputs(q, k, v)
-    len_q = _lengths(cu_seqlens_q, "cu_seqlens_q", q.shape[0], q.device)
-    len_k = _lengths(cu_seqlens_k, "cu_seqlens_k", k.shape[0], q.device)
-    if len(len_q) != len(len_k):
-        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe one batch: {len(len_q) + 1} and "
-                         f"{len(len_k) + 1} entries")
+def check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, total_q, total_k, max_seqlen_q, max_seqlen_k):
+    """The values of cu_seqlens (already through `check_varlen`): prefix sums from 0 to the number of
+    packed tokens, no longer than max_seqlen. Returns (lengths of q, of k).
+
+    One copy of both to the host, the call's only synchronization: call it last before the launch.
+    """
+    bounds = torch.cat((cu_seqlens_q, cu_seqlens_k)).tolist()  # one copy, one wait for the GPU
+    n = cu_seqlens_q.numel()
+    len_q = _lengths(bounds[:n], "cu_seqlens_q", total_q)
+    len_k = _lengths(bounds[n:], "cu_seqlens_k", total_k)
     for name, value, lengths in (("max_seqlen_q", max_seqlen_q, len_q), ("max_seqlen_k", max_seqlen_k, len_k)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
         if value < max(lengths):
             raise ValueError(f"{name}={value} is smaller than the longest sequence ({max(lengths)} tokens): "
                              "the kernels would skip its last rows")
