@@ -72,7 +72,7 @@ def check_solutions(selected: list[int]) -> int:
 
     The stubs are graded from a fresh generation of solutions/ in a temporary folder, never from
     the working exercises/, which holds a student's work once they have solved anything."""
-    from grader.generate import write_fresh
+    from grader.instructor.generate import write_fresh
 
     with tempfile.TemporaryDirectory(prefix="fa-fresh-exercises-") as fresh:
         write_fresh(ROOT / "solutions", Path(fresh))

@@ -1,4 +1,4 @@
-"""Runs inside a Jupyter notebook of the nbgrader course (see grader/nbgrade.py).
+"""Runs inside a Jupyter notebook of the nbgrader course (see grader/instructor/nbgrade.py).
 
 The notebook's code cells are the phase's modules: a cell starting with `%%fa_module phase3/forward.py`
 is written to that file of a private package (a folder shaped like `exercises/`) and imported from

@@ -43,7 +43,7 @@ def reference_attention(q, k, v, causal=False, sm_scale=None):
     """(o, lse) in float64, with SDPA's semantics (top-left causal mask).
 
     o is SDPA's math backend run in float64 (plain ATen operations, differentiable, on any device);
-    lse comes from `scores_logsumexp`. `grader/tests/test_numerics.py` checks both once against the
+    lse comes from `scores_logsumexp`. `grader/instructor/tests/test_numerics.py` checks both once against the
     explicit formula softmax(q k^T * sm_scale) v.
     """
     q, k, v = (t.to(torch.float64) for t in (q, k, v))

@@ -1,5 +1,5 @@
 """Phase 0 mutants: naive attention, the cost model, the Triton softmax."""
-from grader.mutants import Mutant
+from grader.instructor.mutants import Mutant
 
 REF, COST, SOFTMAX = "phase0/reference.py", "phase0/cost.py", "phase0/softmax.py"
 

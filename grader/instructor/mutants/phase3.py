@@ -1,5 +1,5 @@
 """Phase 3 mutants: the complete forward (causal block skipping, the logsumexp) and the merge."""
-from grader.mutants import Mutant
+from grader.instructor.mutants import Mutant
 
 FWD, MERGE = "phase3/forward.py", "phase3/merge.py"
 CAUSAL_MASK = "visible = visible & (cols[None, :] <= offs_m[:, None])"

@@ -15,7 +15,7 @@ import torch
 
 from grader.honesty import HonestyError, graded_call
 from grader.impl import ROOT
-from grader.tests import submissions
+from grader.instructor.tests import submissions
 
 SOFTMAX_RETURN = """    softmax_kernel[(rows.shape[0],)](rows, y, n_cols, rows.stride(0), y.stride(0),
                                      BLOCK=block, ONE_BLOCK=n_cols <= block, num_warps=num_warps)

@@ -16,7 +16,7 @@ build/grade-all/phaseN):
 Interrupted (Ctrl-C, a lost connection), the same command resumes: a submission whose report exists
 for the same phase, seed and files is not graded again (`--regrade` forces it).
 
-    python -m grader.grade_all --submissions DIR --phase N [--timeout S] [--jobs J] [--out OUT]
+    python -m grader.instructor.grade_all --submissions DIR --phase N [--timeout S] [--jobs J] [--out OUT]
 """
 import argparse
 import csv
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     # process as a background job, which hands it SIGINT ignored (and Python then never raises
     # KeyboardInterrupt).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    parser = argparse.ArgumentParser(prog="python -m grader.grade_all", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grader.instructor.grade_all", description=__doc__.split("\n")[0])
     parser.add_argument("--submissions", required=True, help="a folder holding one folder per submission")
     parser.add_argument("--phase", required=True, type=int)
     parser.add_argument("--out", default=None, help="default: build/grade-all/phaseN")

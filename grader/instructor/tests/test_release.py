@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from grader import release
+from grader.instructor import release
 from grader.impl import ROOT, phases
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -29,7 +29,7 @@ RELEASED = phases()
 
 
 def _secret_lines(released):
-    """Written independently of grader/release.py: every non-trivial line of a solution region of a
+    """Written independently of grader/instructor/release.py: every non-trivial line of a solution region of a
     released phase that does not also stand outside the regions of that phase or an earlier one, and
     every non-trivial line of a hidden-test block that does not also appear outside such blocks."""
     secret = set()
@@ -53,7 +53,7 @@ def _secret_lines(released):
 
 
 def _release(out, *extra):
-    return subprocess.run([sys.executable, "-m", "grader.release", "--out", str(out / "copy"),
+    return subprocess.run([sys.executable, "-m", "grader.instructor.release", "--out", str(out / "copy"),
                            "--archive", str(out / "copy.tar.gz"), *extra], cwd=ROOT, capture_output=True, text=True,
                           check=False)
 
@@ -77,8 +77,11 @@ def test_release_has_the_course_without_answers(student_copy):
         assert (copy / "grader" / "phases" / f"test_phase{phase}.py").is_file()
         if (ROOT / "exercises" / f"phase{phase}" / "README.md").exists():
             assert (copy / "exercises" / f"phase{phase}" / "README.md").is_file()
-    assert not (copy / "solutions").exists() and not (copy / "grader" / "tests").exists()
-    assert not (copy / "grader" / "mutants").exists()
+    assert not (copy / "solutions").exists()
+    for home in release.HOME_FOLDERS:  # the instructor's tools and tests, the lessons' measurements
+        assert not (copy / home).exists(), home
+    assert {p.parent.relative_to(copy).as_posix() for p in (copy / "grader").rglob("*.py")} == \
+        set(release.GRADER_FOLDERS)
     secrets = _secret_lines(RELEASED)
     assert secrets, "found no solution lines to look for"
     leaked = []

@@ -21,7 +21,7 @@ the grader's points that ran, so a notebook made for one target still scores 0..
 The student version of each assignment (release/phaseN/) is checked like `make release`: no line of an
 answer of phase N or of an earlier phase it includes may appear in it.
 
-    python -m grader.nbgrade [--out build/nbgrader] [--phases 0-2] [--target cpu|gpu] [--no-generate]
+    python -m grader.instructor.nbgrade [--out build/nbgrader] [--phases 0-2] [--target cpu|gpu] [--no-generate]
 """
 import argparse
 import ast
@@ -33,12 +33,11 @@ import sys
 from pathlib import Path
 
 from grader.impl import ROOT, phases
-from grader.release import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, leaks, parse_phases, strip_hidden_tests
+from grader.instructor.release import (BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, GRADER_FOLDERS, leaks, parse_phases,
+                                       strip_hidden_tests, student_files)
 
 COURSE_ID = "flashattention-from-scratch"
 TARGET_TIERS = {"cpu": {"correctness", "compile"}, "gpu": {"correctness", "compile", "gpu", "throughput"}}
-# grader/ files the notebooks do not need (instructor tools, the course's tests, the lessons' scripts)
-NOT_SHIPPED = ("tests", "lessons", "release.py", "nbgrade.py", "grade_all.py", "measure.py", "figures.py", "mutants")
 SETUP_CELL = """\
 # Set-up (read-only): the course's grader, and Triton's interpreter when there is no GPU.
 # Run it first, and again after restarting the kernel.
@@ -102,7 +101,7 @@ def needed_modules(phase: int) -> list[str]:
 # ---------------------------------------------------------------- the grader's tests
 def collect(phase: int) -> list[dict]:
     """The phase's test items with their function, points, marked tier and line (in a child process)."""
-    proc = subprocess.run([sys.executable, "-m", "grader.nbgrade", "--collect", str(phase)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "grader.instructor.nbgrade", "--collect", str(phase)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"could not collect phase {phase}'s tests:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -265,24 +264,21 @@ def _graders_needed(phase: int) -> set[str]:
 
 
 def _ship_grader(phase: int, dest: Path) -> None:
-    """The public grader of one phase (hidden tests cut out) into dest/grader, with the graders of
-    earlier phases that it imports."""
-    src = ROOT / "grader"
+    """The public grader of one phase (hidden tests cut out) into dest/grader: the grader's student
+    folders, as `make release` ships them, with only the graders of this phase and of the earlier
+    phases that it imports."""
     graders = _graders_needed(phase) | {"__init__.py"}
-    for path in sorted(src.rglob("*.py")):
-        rel = path.relative_to(src)
-        if "__pycache__" in rel.parts or rel.parts[0] in NOT_SHIPPED:
+    for rel in student_files(ROOT, GRADER_FOLDERS):
+        if rel.suffix != ".py" or (rel.parent.as_posix() == "grader/phases" and rel.name not in graders):
             continue
-        if rel.parts[0] == "phases" and rel.name not in graders:
-            continue
-        out = dest / "grader" / rel
+        out = dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(strip_hidden_tests(path.read_text(), str(path.relative_to(ROOT))))
+        out.write_text(strip_hidden_tests((ROOT / rel).read_text(), rel.as_posix()))
     (dest / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
 
 
 CONFIG = f'''\
-# nbgrader configuration of the course, written by `make nbgrader` (grader/nbgrade.py).
+# nbgrader configuration of the course, written by `make nbgrader` (grader/instructor/nbgrade.py).
 c = get_config()  # noqa: F821
 c.CourseDirectory.course_id = "{COURSE_ID}"
 # A phase's grader can run for minutes under Triton's interpreter: one test cell runs it all.
@@ -331,7 +327,7 @@ def build(out: Path, selected: list[int], target: str, generate: bool = True) ->
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grader.nbgrade", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grader.instructor.nbgrade", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(ROOT / "build" / "nbgrader"))
     parser.add_argument("--phases", default=None, help="e.g. 0-2 or 0,3: one assignment each (default: every phase)")
     parser.add_argument("--target", choices=sorted(TARGET_TIERS), default=None,
@@ -359,7 +355,7 @@ def main(argv=None) -> int:
             print("nbgrader is not installed (pip install '.[nbgrader]'): writing source/ only", file=sys.stderr)
             generate = False
     build(Path(args.out), selected, args.target, generate)
-    print(f"course: {args.out} (run nbgrader's commands from there; see grader/INSTRUCTORS.md)")
+    print(f"course: {args.out} (run nbgrader's commands from there; see grader/instructor/INSTRUCTORS.md)")
     return 0
 
 

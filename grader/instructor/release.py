@@ -1,9 +1,11 @@
 """`make release`: the student copy of the course, as a folder and as an archive.
 
-It holds the lessons and the exercises (exercises/), the grader (grader/, without the course's own
-tests and the instructor tools), the figures (assets/), the Makefile (without the instructor verbs),
-pyproject.toml and the README; it has no solutions/, and every `### BEGIN HIDDEN TESTS` ...
-`### END HIDDEN TESTS` block is cut out of the grader, as nbgrader does with its hidden tests.
+It holds the folders listed in STUDENT_FOLDERS: the lessons and the exercises (exercises/), the
+grader students run (the files of grader/ and grader/phases/), the figures (assets/); and the
+Makefile (without the instructor verbs), pyproject.toml and the README. It has no solutions/, no
+grader/instructor/ (these tools, the course's own tests) and no grader/lessons/ (the measurements),
+because they are not listed; every `### BEGIN HIDDEN TESTS` ... `### END HIDDEN TESTS` block is cut
+out of the grader, as nbgrader does with its hidden tests.
 
 A course is released phase by phase (`--phases 0-2`: the exercises, graders and figures of those
 phases only; by default every phase). Before it writes the archive it checks its own work, for the
@@ -11,7 +13,7 @@ phases it holds (`leaks`): no line of any of their solution regions and no line 
 appear in any file of the copy. A later phase's scaffolding that repeats an earlier phase's answer
 counts as a leak when both phases are released together.
 
-    python -m grader.release [--phases 0-2] [--out build/release] [--archive build/release.tar.gz]
+    python -m grader.instructor.release [--phases 0-2] [--out build/release] [--archive build/release.tar.gz]
 """
 import argparse
 import re
@@ -27,13 +29,17 @@ BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 ARCHIVE_TOP = "flashattention-from-scratch"
 
 TOP_FILES = ("README.md", "Makefile", "pyproject.toml", ".gitignore", "LICENSE", "LICENSE.md", "LICENSE.txt")
-TOP_DIRS = ("exercises", "grader", "assets")
-# Instructor-only parts of grader/: the course's own tests (they read solutions/) and the tools
-# that build releases, nbgrader courses and gradebooks.
-# grader/lessons/ holds the measurement scripts behind the lessons' tables, and Phase 4's includes a
-# working atomic-dQ backward kernel (a near answer): students get the tables, not the scripts.
-GRADER_EXCLUDED = ("tests", "release.py", "nbgrade.py", "grade_all.py", "notebook.py", "lessons", "measure.py",
-                   "figures.py", "mutants")
+# What students get, by folder: each folder listed comes with its files, and with its subfolders only
+# where it ends in /** (the whole tree). A folder that is not listed stays home, whatever it holds.
+# The grader's folders are shared with `make nbgrader`, whose notebooks run the same grader.
+GRADER_FOLDERS = ("grader", "grader/phases")
+STUDENT_FOLDERS = ("exercises/**", "assets/**", *GRADER_FOLDERS)
+# The folders of grader/ that stay home: the instructor's tools and the course's own tests (they
+# read solutions/), and the measurement scripts behind the lessons' tables (they import solutions/;
+# Phase 4's includes a working atomic-dQ backward kernel, a near answer: students get the tables, not
+# the scripts). The course's test_layout.py checks that every folder of grader/ is in one list or
+# the other, and that no student folder imports from these.
+HOME_FOLDERS = ("grader/instructor", "grader/lessons")
 # Makefile verbs that need solutions/ or exist for instructors; the release's Makefile drops them.
 INSTRUCTOR_TARGETS = ("check-solutions", "test", "mutants", "exercises", "measure", "figures", "lint", "release",
                       "nbgrader", "grade-all")
@@ -293,22 +299,27 @@ def _unreleased(rel: Path, phases: list[int]) -> bool:
     return False
 
 
-def _copy_tree(src: Path, dst: Path, exclude_top: tuple[str, ...] = (), phases: list[int] | None = None) -> None:
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if any(part in SKIP_PARTS for part in rel.parts) or rel.parts[0] in exclude_top or path.suffix == ".pyc":
+def student_files(root: Path = ROOT, folders: tuple[str, ...] = STUDENT_FOLDERS) -> list[Path]:
+    """The files of `folders` (see STUDENT_FOLDERS), relative to `root`, caches and .hints left out."""
+    found = []
+    for folder in folders:
+        whole = folder.endswith("/**")
+        base = root / folder.removesuffix("/**")
+        if not base.is_dir():
             continue
-        if phases is not None and _unreleased(rel, phases):
-            continue
-        target = dst / rel
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif path.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if path.suffix == ".py":
-                target.write_text(strip_hidden_tests(path.read_text(), str(path.relative_to(ROOT))))
-            else:
-                shutil.copy2(path, target)
+        for path in sorted(base.rglob("*") if whole else base.iterdir()):
+            rel = path.relative_to(root)
+            if path.is_file() and path.suffix != ".pyc" and not any(part in SKIP_PARTS for part in rel.parts):
+                found.append(rel)
+    return found
+
+
+def _copy_file(src: Path, target: Path, root: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if src.suffix == ".py":
+        target.write_text(strip_hidden_tests(src.read_text(), str(src.relative_to(root))))
+    else:
+        shutil.copy2(src, target)
 
 
 def build(out: Path, archive: Path | None = None, root: Path = ROOT, phases: list[int] | None = None) -> list[str]:
@@ -327,9 +338,10 @@ def build(out: Path, archive: Path | None = None, root: Path = ROOT, phases: lis
         if (root / name).is_file():
             text = (root / name).read_text()
             (out / name).write_text(release_makefile(text) if name == "Makefile" else text)
-    for name in TOP_DIRS:
-        if (root / name).is_dir():
-            _copy_tree(root / name, out / name, GRADER_EXCLUDED if name == "grader" else (), phases)
+    for rel in student_files(root):
+        # `_unreleased` looks below the top folder: phase folders, graders and reports of other phases
+        if phases is None or not _unreleased(Path(*rel.parts[1:]), phases):
+            _copy_file(root / rel, out / rel, root)
     problems = leaks(out, root, phases)
     if problems:
         raise ReleaseError("the student copy would leak answers:\n  " + "\n  ".join(problems[:30]))
@@ -341,7 +353,7 @@ def build(out: Path, archive: Path | None = None, root: Path = ROOT, phases: lis
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grader.release", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grader.instructor.release", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(ROOT / "build" / "release"))
     parser.add_argument("--archive", default=str(ROOT / "build" / "release.tar.gz"))
     parser.add_argument("--phases", default=None,

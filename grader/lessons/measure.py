@@ -1,4 +1,4 @@
-"""`python -m grader.measure [phaseN ...]`: run the lessons' GPU measurements into assets/."""
+"""`python -m grader.lessons.measure [phaseN ...]`: run the lessons' GPU measurements into assets/."""
 import sys
 
 from grader import runtime

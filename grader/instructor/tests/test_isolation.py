@@ -2,7 +2,7 @@
 written, every other test runs and scores, and the crash is charged to the test that caused it."""
 import re
 
-from grader.tests import submissions
+from grader.instructor.tests import submissions
 
 LAUNCH_AND_RETURN = """    softmax_kernel[(rows.shape[0],)](rows, y, n_cols, rows.stride(0), y.stride(0),
                                      BLOCK=block, ONE_BLOCK=n_cols <= block, num_warps=num_warps)

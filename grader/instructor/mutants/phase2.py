@@ -1,5 +1,5 @@
 """Phase 2 mutants: the online softmax and the first fused kernel."""
-from grader.mutants import Mutant
+from grader.instructor.mutants import Mutant
 
 ONLINE, FLASH = "phase2/online_softmax.py", "phase2/flash.py"
 

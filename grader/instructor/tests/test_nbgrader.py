@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from grader import nbgrade
+from grader.instructor import nbgrade
 from grader.impl import phases
 
 if not os.environ.get("CI"):
@@ -40,7 +40,7 @@ def course(tmp_path_factory):
     root = tmp_path_factory.mktemp("nbgrader-course")
     env = dict(os.environ)
     env.pop("FA_GRADER_SEED", None)
-    proc = subprocess.run([sys.executable, "-m", "grader.nbgrade", "--out", str(root), "--target", "cpu",
+    proc = subprocess.run([sys.executable, "-m", "grader.instructor.nbgrade", "--out", str(root), "--target", "cpu",
                            "--phases", ",".join(map(str, SELECTED))],
                           capture_output=True, text=True, env=env, timeout=1200, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

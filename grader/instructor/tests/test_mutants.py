@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from grader.impl import ROOT
-from grader.mutants import Mutant, PatchError, build_copy, catalogue, check_catalogue, patched
+from grader.instructor.mutants import Mutant, PatchError, build_copy, catalogue, check_catalogue, patched
 
 SOURCE = "def f(x):\n    y = x * 2\n    return y\n"
 
@@ -37,7 +37,7 @@ def test_a_copy_holds_the_phases_up_to_the_mutants_with_one_file_changed(tmp_pat
 
 
 def test_make_mutants_stops_before_grading_when_a_patch_is_stale():
-    code = ("import sys; from grader.mutants import run, Mutant; import grader.mutants as g; "
+    code = ("import sys; from grader.instructor.mutants import run, Mutant; import grader.instructor.mutants as g; "
             "g.catalogue = lambda phases=None: [Mutant('stale', 'phase0/cost.py', (('no such line', 'x'),), 'b')]; "
             "run.catalogue = g.catalogue; sys.exit(run.main([]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

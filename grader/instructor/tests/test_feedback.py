@@ -57,8 +57,8 @@ WRONG_KERNELS = {  # phase -> mutants that compute wrong values on the bad-input
 def test_a_wrong_kernel_keeps_the_bad_input_points(phase, tmp_path):
     """Every `*refuses_bad_input` test passes for kernels that validate their input but compute wrong
     values: the numbers are the other tests' business."""
-    from grader.mutants import build_copy, catalogue, patched
-    from grader.tests import submissions
+    from grader.instructor.mutants import build_copy, catalogue, patched
+    from grader.instructor.tests import submissions
 
     mutants = {m.name: m for m in catalogue([phase])}
     folder = build_copy(mutants[WRONG_KERNELS[phase][0]], phase, tmp_path / f"wrong-phase{phase}")
@@ -77,8 +77,8 @@ def test_a_wrong_kernel_keeps_the_bad_input_points(phase, tmp_path):
     ("p3-no-causal-block-skipping", True),  # loads the invisible blocks: the NaN there comes in
 ])
 def test_causal_reads_are_blamed_only_when_they_happen(mutant, blamed, tmp_path):
-    from grader.mutants import build_copy, catalogue
-    from grader.tests import submissions
+    from grader.instructor.mutants import build_copy, catalogue
+    from grader.instructor.tests import submissions
 
     m = next(m for m in catalogue([3]) if m.name == mutant)
     folder = build_copy(m, 3, tmp_path / mutant)
@@ -98,7 +98,7 @@ BAD_ARANGE = ("    offs_n = tl.arange(0, BLOCK_N)\n", "    offs_n = tl.arange(0,
 @pytest.fixture(scope="module")
 def bad_arange(tmp_path_factory):
     """Phase 2's flash kernel with a tl.arange the interpreter and the compiler both refuse."""
-    from grader.tests import submissions
+    from grader.instructor.tests import submissions
 
     folder = submissions.make(tmp_path_factory.mktemp("bad-arange"), "bad", {"phase2/flash.py": [BAD_ARANGE]})
     line = (folder / "phase2" / "flash.py").read_text().splitlines().index(BAD_ARANGE[1].rstrip("\n")) + 1
@@ -106,7 +106,7 @@ def bad_arange(tmp_path_factory):
 
 
 def test_interpreter_and_compiler_errors_name_the_kernel_line(bad_arange):
-    from grader.tests import submissions
+    from grader.instructor.tests import submissions
 
     folder, where = bad_arange
     proc, report, rows = submissions.grade(folder, 2, "-k", "flash_attention_v1 and N1-D16 or flash_kernel_compiles")

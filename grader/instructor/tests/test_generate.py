@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from grader import generate
+from grader.instructor import generate
 from grader.impl import ROOT
 
 SOLUTION = textwrap.dedent('''\

@@ -1,6 +1,6 @@
 """Under the interpreter, a load or store outside every tensor the kernel was given is stopped and
 named (kernel, tensor, index, line) before it can corrupt memory (grader.bounds)."""
-from grader.tests import submissions
+from grader.instructor.tests import submissions
 
 UNMASKED_STORE = ("tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty), mask=cols < n_cols)",
                   "tl.store(y_row + cols, y.to(y_ptr.dtype.element_ty))")

@@ -1,5 +1,5 @@
 """Phase 4 mutants: the backward kernels and the autograd function."""
-from grader.mutants import Mutant
+from grader.instructor.mutants import Mutant
 
 BWD, AUTOGRAD = "phase4/backward.py", "phase4/attention.py"
 # Kernel mutants are graded without the training test (`training_matches_sdpa`, most of Phase 4's

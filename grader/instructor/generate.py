@@ -16,11 +16,11 @@ generates now, i.e. solutions/ changed and exercises/ was not regenerated. A fil
 was generated, with the manifest still matching solutions/, is a student's work and passes;
 `--strict` (CI, on a clean clone where nobody solved anything) fails on those edits as well.
 
-    python -m grader.generate                   regenerate, keeping edited files
-    python -m grader.generate --force           regenerate, overwriting edited files
-    python -m grader.generate --check [--strict] exit 1 if exercises/ is stale against solutions/
-    python -m grader.generate --diff            show how exercises/ differs from a fresh generation
-    python -m grader.generate --out DIR         write a fresh generation to DIR (exercises/ untouched)
+    python -m grader.instructor.generate                   regenerate, keeping edited files
+    python -m grader.instructor.generate --force           regenerate, overwriting edited files
+    python -m grader.instructor.generate --check [--strict] exit 1 if exercises/ is stale against solutions/
+    python -m grader.instructor.generate --diff            show how exercises/ differs from a fresh generation
+    python -m grader.instructor.generate --out DIR         write a fresh generation to DIR (exercises/ untouched)
 """
 import argparse
 import ast
@@ -184,7 +184,7 @@ def diff(solutions: Path, exercises: Path) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grader.generate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grader.instructor.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if exercises/ is stale against solutions/")
     parser.add_argument("--strict", action="store_true",
                         help="with --check: files edited since generation fail too (CI, on a clean clone)")
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     return 0
 
 
-SEE_DIFF = "see the difference with `python -m grader.generate --diff`"
+SEE_DIFF = "see the difference with `python -m grader.instructor.generate --diff`"
 
 
 def _check(solutions: Path, exercises: Path, strict: bool) -> int:

@@ -1,5 +1,5 @@
 """Phase 1 mutants: tiled scores, the three-sweep tile softmax, tiled P v."""
-from grader.mutants import Mutant
+from grader.instructor.mutants import Mutant
 
 SCORES, ATTN = "phase1/scores.py", "phase1/attention.py"
 

@@ -1,6 +1,6 @@
 """pytest plugin for the mutation suite: keep only the tests of the tiers a mutant is graded with.
 
-Loaded next to grader.plugin (`-p grader.mutants.select --mutant-tiers interpreter,gpu`). Tests of
+Loaded next to grader.plugin (`-p grader.instructor.mutants.select --mutant-tiers interpreter,gpu`). Tests of
 the other tiers are deselected, so they count neither as earned nor as available points.
 """
 from grader import tiers

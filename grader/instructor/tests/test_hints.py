@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from grader import hints, release
+from grader import hints
+from grader.instructor import release
 from grader.impl import ROOT, phases
 
 SOLUTIONS = ROOT / "solutions"

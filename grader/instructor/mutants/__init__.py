@@ -8,7 +8,7 @@ when it loses points. A patch whose old text is not found exactly once stops the
 anything runs, so the catalogue cannot silently rot when the solutions change.
 
 The catalogue lives in one module per phase (`phase0.py` ... `phase4.py`, each a `MUTANTS` list);
-`python -m grader.mutants` (`make mutants`) runs it. See `run.py` for how, and for the report.
+`python -m grader.instructor.mutants` (`make mutants`) runs it. See `run.py` for how, and for the report.
 """
 import dataclasses
 import importlib

@@ -1,4 +1,4 @@
-"""`python -m grader.figures`: redraw plots and generated tables from the data in assets/."""
+"""`python -m grader.lessons.figures`: redraw plots and generated tables from the data in assets/."""
 import sys
 
 from grader.lessons import modules, readme

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from grader.generate import write_fresh
+from grader.instructor.generate import write_fresh
 from grader.impl import ROOT
 
 PHASE = 0  # the machinery is the same for every phase; phase 0 grades fastest
@@ -77,7 +77,7 @@ def test_resumes_after_an_interruption(submissions, tmp_path):
     subs.mkdir()
     for name in ("correct", "hang", "untouched"):  # graded in this order, one at a time
         shutil.copytree(submissions / name, subs / name)
-    proc = subprocess.Popen([sys.executable, "-m", "grader.grade_all", "--submissions", str(subs), "--phase",
+    proc = subprocess.Popen([sys.executable, "-m", "grader.instructor.grade_all", "--submissions", str(subs), "--phase",
                              str(PHASE), "--timeout", str(TIMEOUT), "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
@@ -89,7 +89,8 @@ def test_resumes_after_an_interruption(submissions, tmp_path):
     assert proc.returncode != 0 and "interrupted" in output, output
     assert (out / "reports" / "correct.json").exists() and not (out / "reports" / "untouched.json").exists()
     # resuming: the done one is kept, the rest is graded
-    proc = subprocess.run([sys.executable, "-m", "grader.grade_all", "--submissions", str(subs), "--phase", str(PHASE),
+    proc = subprocess.run([sys.executable, "-m", "grader.instructor.grade_all", "--submissions", str(subs),
+                           "--phase", str(PHASE),
                            "--timeout", "15", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0 and "1 already graded, 2 to grade" in proc.stdout, proc.stdout + proc.stderr
     rows = {r["submission"]: r for r in csv.DictReader((out / "gradebook.csv").read_text().splitlines())}

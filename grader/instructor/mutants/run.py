@@ -1,10 +1,10 @@
 """`make mutants`: grade every mutant of the catalogue and report which ones the graders kill.
 
-    python -m grader.mutants [--phases 0-2] [--only NAME,NAME] [--only-gpu] [--jobs 2] [--record] [--list]
+    python -m grader.instructor.mutants [--phases 0-2] [--only NAME,NAME] [--only-gpu] [--jobs 2] [--record] [--list]
 
 How a mutant is graded: its copy of solutions/ (build/mutants/<name>/) is graded by
 `python -m grader grade --impl <copy>` in a process of its own, with the tiers the mutant names
-(correctness by default; see grader/mutants/__init__.py) and, where the mutant says so, a -k
+(correctness by default; see grader/instructor/mutants/__init__.py) and, where the mutant says so, a -k
 expression narrowing the tests. Processes run `--jobs` at a time, the slowest phases first.
 
 Before the mutants, one unmutated copy per phase and test selection (a *control*) must get full
@@ -29,8 +29,8 @@ import time
 
 from grader import runtime
 from grader.impl import ROOT
-from grader.mutants import Mutant, PatchError, build_copy, catalogue, check_catalogue
-from grader.release import course_phases, parse_phases
+from grader.instructor.mutants import Mutant, PatchError, build_copy, catalogue, check_catalogue
+from grader.instructor.release import course_phases, parse_phases
 
 WORK = ROOT / "build" / "mutants"
 TIMEOUT = 900  # seconds for one grading process; the slowest (Phase 4 with training) needs about 30
@@ -78,7 +78,7 @@ def _grade(job: Job, jobs: int, timeout: int) -> dict:
     copy = build_copy(job.mutant, job.phase, WORK / job.name)
     report = copy / "report.json"
     cmd = [sys.executable, "-m", "grader", "grade", "--phase", str(job.phase), "--impl", str(copy),
-           "--report", str(report), "-p", "grader.mutants.select", "--mutant-tiers", ",".join(job.tiers)]
+           "--report", str(report), "-p", "grader.instructor.mutants.select", "--mutant-tiers", ",".join(job.tiers)]
     if job.tests:
         cmd += ["-k", job.tests]
     env = dict(os.environ)
@@ -184,7 +184,7 @@ def run(mutants: list[Mutant], jobs: int, timeout: int) -> tuple[dict, bool]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grader.mutants", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grader.instructor.mutants", description=__doc__.split("\n")[0])
     parser.add_argument("--phases", default=None, help="e.g. 0-2 or 0,3 (default: every phase with mutants)")
     parser.add_argument("--only", default=None, help="comma-separated mutant names")
     parser.add_argument("--jobs", type=int, default=None,
@@ -213,8 +213,8 @@ def main(argv=None) -> int:
         mutants = [m for m in mutants if m.where == "gpu"]
     problems = check_catalogue(mutants)
     if problems:  # before anything runs: a stale catalogue must not pass by grading fewer mutants
-        print("error: the mutation catalogue no longer matches solutions/ (update grader/mutants/phaseN.py):",
-              file=sys.stderr)
+        print("error: the mutation catalogue no longer matches solutions/ "
+              "(update grader/instructor/mutants/phaseN.py):", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
         return 2
