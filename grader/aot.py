@@ -18,7 +18,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 
-from grader import impl, usage
+from grader import impl, settings, usage
 from grader.impl import ROOT
 
 ARCHS = (80, 90)
@@ -45,7 +45,7 @@ class KernelSpec:
 def compile_all(phase: int, tree: str, specs: list[KernelSpec], timeout: int = 300) -> list[dict]:
     usage.note_modules(s.module for s in specs)  # these points belong to the functions of these modules
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["FA_IMPL"] = tree
+    env[settings.IMPL.name] = tree
     request = json.dumps({"phase": phase, "specs": [asdict(s) for s in specs]})
     proc = subprocess.run([sys.executable, "-m", "grader.aot"], input=request, capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=timeout)
@@ -159,7 +159,7 @@ def _compile_one(phase: int, spec: dict, arch: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    tree = os.environ.get("FA_IMPL", "exercises")
+    tree = settings.IMPL.get()
     module = importlib.import_module(f"{tree}.phase{phase}.{spec['module']}")
     from triton.runtime.jit import JITFunction
 
@@ -188,7 +188,7 @@ def _preload(phase: int, modules: set) -> None:
 
     import triton  # noqa: F401
 
-    tree = os.environ.get("FA_IMPL", "exercises")
+    tree = settings.IMPL.get()
     for module in sorted(modules):
         try:
             importlib.import_module(f"{tree}.phase{phase}.{module}")

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grader import runtime
+from grader import runtime, settings
 from grader.impl import ROOT
 
 # Tiers whose tests compile the most (many configurations; the largest shapes) are claimed first.
@@ -46,7 +46,7 @@ def order(items: list, tier_of) -> list:
 
 
 def shard_count(n_items: int) -> int:
-    forced = os.environ.get("FA_WARM_SHARDS")
+    forced = settings.WARM_SHARDS.get()
     if forced is not None:
         return max(0, int(forced))
     if not runtime.has_cuda() or n_items < 4:
@@ -71,7 +71,7 @@ def _triton_cache_dir() -> Path:
 
 
 def _tree_dir() -> Path | None:
-    name = os.environ.get("FA_IMPL", "exercises")
+    name = settings.IMPL.get()
     path = Path(name) if Path(name).is_dir() else ROOT / name
     return path if path.is_dir() else None
 
@@ -94,7 +94,7 @@ def stamp_path(phase: int) -> Path | None:
 
 
 def warmed_before(phase: int) -> bool:
-    if os.environ.get("FA_WARM_SHARDS") is not None:
+    if settings.WARM_SHARDS.get() is not None:
         return False
     stamp = stamp_path(phase)
     return stamp is not None and stamp.exists()

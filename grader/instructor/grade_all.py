@@ -32,9 +32,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from grader import settings
 from grader.impl import ROOT, phases
 
-DEFAULT_TIMEOUT = 900
 
 
 def submissions(folder: Path) -> list[Path]:
@@ -60,7 +60,7 @@ def digest(submission: Path, phase: int) -> str:
 
 def seed_kind() -> str:
     """Which seed grades: a digest of the secret one (never the seed itself), or `public`."""
-    secret = os.environ.get("FA_GRADER_SEED")
+    secret = settings.SEED.get()
     return "secret:" + hashlib.sha256(secret.encode()).hexdigest()[:8] if secret else "public"
 
 
@@ -230,8 +230,9 @@ def main(argv=None) -> int:
     parser.add_argument("--submissions", required=True, help="a folder holding one folder per submission")
     parser.add_argument("--phase", required=True, type=int)
     parser.add_argument("--out", default=None, help="default: build/grade-all/phaseN")
-    parser.add_argument("--timeout", type=float, default=float(os.environ.get("FA_GRADE_TIMEOUT", DEFAULT_TIMEOUT)),
-                        help=f"seconds each submission may take (default {DEFAULT_TIMEOUT})")
+    parser.add_argument("--timeout", type=float, default=float(settings.GRADE_TIMEOUT.get()),
+                        help=f"seconds each submission may take (default {settings.GRADE_TIMEOUT.default}, "
+                             f"or {settings.GRADE_TIMEOUT.name})")
     parser.add_argument("--jobs", type=int, default=1,
                         help="submissions graded at once (default 1; keep 1 on a GPU: throughput is timed)")
     parser.add_argument("--regrade", action="store_true", help="grade again even what is already done")

@@ -32,6 +32,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from grader import settings
 from grader.impl import ROOT, phases
 from grader.instructor.release import (BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, GRADER_FOLDERS, leaks, parse_phases,
                                        strip_hidden_tests, student_files)
@@ -113,7 +114,7 @@ def _collect_here(phase: int) -> list[dict]:
 
     import pytest
 
-    os.environ.setdefault("FA_IMPL", "solutions")
+    os.environ.setdefault(settings.IMPL.name, "solutions")
     items = []
 
     class Collector:

@@ -14,12 +14,13 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from grader import settings
 from grader.lessons import common
 
 LESSON = common.ROOT / "exercises" / "phase5" / "README.md"
 # A wall-clock deadline (seconds since the epoch): sweeps stop early, keeping what they measured,
 # on a machine lent for a limited time.
-DEADLINE = float(os.environ.get("FA_MEASURE_DEADLINE", "inf"))
+DEADLINE = float(settings.MEASURE_DEADLINE.get())
 
 
 def _out_of_time() -> bool:

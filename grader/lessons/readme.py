@@ -1,6 +1,7 @@
 """The README's measured-results section, generated from assets/ (never typed by hand)."""
 import json
 
+from grader import settings
 from grader.impl import ROOT
 from grader.lessons import common
 
@@ -86,7 +87,7 @@ def _mutants() -> str:
 def update() -> list[str]:
     done = []
     for name, text in (("device", _device()), ("grades", _grades()), ("kernel-tables", _tables()),
-                       ("mutants", _mutants())):
+                       ("mutants", _mutants()), ("settings", settings.table())):
         if common.replace_block(README, name, text):
             done.append(f"README block {name}")
     return done

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from grader import honesty, numerics
+from grader import honesty, numerics, settings
 
 
 def _message(fn, x):
@@ -143,7 +143,7 @@ def test_interpreter_set_after_importing_triton_says_what_to_do(import_triton_fi
     code = ("import triton\n" if import_triton_first else "") + (
         "from grader import runtime\nruntime.configure()\n"
         "import torch\nfrom solutions.phase0 import softmax\nprint(float(softmax(torch.zeros(2, 4)).sum()))\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"FA_FORCE_CPU": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {settings.FORCE_CPU.name: "1"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     if import_triton_first:
         assert proc.returncode != 0 and "set it before anything imports triton" in proc.stderr, proc.stderr[-2000:]
@@ -189,7 +189,7 @@ def test_bfloat16_is_computed_right_under_the_interpreter(tmp_path):
 
     (tmp_path / "bf16_check.py").write_text(BF16_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {
-        "FA_FORCE_CPU": "1", "PYTHONPATH": str(ROOT)}
+        settings.FORCE_CPU.name: "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(tmp_path / "bf16_check.py")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

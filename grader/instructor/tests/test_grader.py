@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from grader import messages, numerics
+from grader import messages, numerics, settings
 from grader.honesty import HonestyError, graded_call
 from grader.impl import ROOT
 
@@ -95,7 +95,7 @@ def test_gpu_warm_up_shards_run_and_leave_the_grade_unchanged():
     """The kernel-cache warm-up (on by default on a GPU) forced on here: same score, plus its progress line."""
     proc = subprocess.run([sys.executable, "-m", "grader", "grade", "--phase", "0", "--impl", "solutions",
                            "--report", str(ROOT / "reports" / "warmup-test.json")],
-                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "FA_WARM_SHARDS": "2"})
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, settings.WARM_SHARDS.name: "2"})
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "warming Triton's kernel cache" in proc.stdout
     report = json.loads((ROOT / "reports" / "warmup-test.json").read_text())

@@ -14,14 +14,15 @@ import sys
 
 import pytest
 
-from grader.instructor import nbgrade
+from grader import settings
 from grader.impl import phases
+from grader.instructor import nbgrade
 
 if not os.environ.get("CI"):
     pytest.importorskip("nbgrader", reason="the nbgrader extra is not installed: pip install -e '.[nbgrader]'")
 
-SELECTED = [int(p) for p in os.environ["FA_NBGRADER_PHASES"].split(",")] if os.environ.get(
-    "FA_NBGRADER_PHASES") else phases()
+SELECTED = [int(p) for p in settings.NBGRADER_PHASES.get().split(",")] if settings.NBGRADER_PHASES.is_set() \
+    else phases()
 
 
 def _nbgrader(course, *args, timeout=3000):
@@ -39,7 +40,7 @@ def _cells(path):
 def course(tmp_path_factory):
     root = tmp_path_factory.mktemp("nbgrader-course")
     env = dict(os.environ)
-    env.pop("FA_GRADER_SEED", None)
+    env.pop(settings.SEED.name, None)
     proc = subprocess.run([sys.executable, "-m", "grader.instructor.nbgrade", "--out", str(root), "--target", "cpu",
                            "--phases", ",".join(map(str, SELECTED))],
                           capture_output=True, text=True, env=env, timeout=1200, check=False)
