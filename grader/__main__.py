@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grader import isolation
+from grader import isolation, settings
 from grader.impl import ROOT, TREES, phases
 
 
@@ -29,14 +29,14 @@ def grade(phase: int, tree: str, extra: list[str], report: str | None = None,
     tests verbosely, with full tracebacks, in this process: for finding a bug, not for a grade."""
     if tree not in TREES:  # a submission directory: see grader/impl.py
         tree = str(Path(tree).resolve())
-    os.environ["FA_IMPL"] = tree
+    os.environ[settings.IMPL.name] = tree
     paths = tests or [str(ROOT / "grader" / "phases" / f"test_phase{phase}.py")]
     report = report or report_path(phase, Path(tree).name + ("" if only is None else "-test"))
     output = ["-q", "--tb=no", "-rN", "--disable-warnings"] if only is None else \
         ["-v", "--tb=long", "-k", only, "-p", "no:cacheprovider"]
     args = [*paths, "-p", "grader.plugin", *output, "--rootdir", str(ROOT),
             "--phase", str(phase), "--report", report, *extra]
-    if only is not None or os.environ.get("FA_ISOLATE") == "0":  # in this process (a debugger); a crash ends it
+    if only is not None or settings.ISOLATE.get() == "0":  # in this process (a debugger); a crash ends it
         import pytest
 
         return int(pytest.main(args))
@@ -58,8 +58,8 @@ def benchmark(phase: int, tree: str, extra: list[str]) -> int:
         print("error: phase 0 has no attention kernel to benchmark; its softmax is timed by `make grade`",
               file=sys.stderr)
         return 2
-    os.environ["FA_IMPL"] = tree if tree in TREES else str(Path(tree).resolve())
-    os.environ["FA_BENCH_PHASE"] = str(phase)
+    os.environ[settings.IMPL.name] = tree if tree in TREES else str(Path(tree).resolve())
+    os.environ[settings.BENCH_PHASE.name] = str(phase)
     storage = ROOT / ".benchmarks" / f"phase{phase}-{Path(tree).name}"
     args = [str(ROOT / "grader" / "benchmarks.py"), "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
             "--benchmark-timer=grader.timing.cuda_event_clock", "--benchmark-autosave",
@@ -73,7 +73,7 @@ def check_solutions(selected: list[int]) -> int:
 
     The stubs are graded from a fresh generation of solutions/ in a temporary folder, never from
     the working exercises/, which holds a student's work once they have solved anything."""
-    from grader.generate import write_fresh
+    from grader.instructor.generate import write_fresh
 
     with tempfile.TemporaryDirectory(prefix="fa-fresh-exercises-") as fresh:
         write_fresh(ROOT / "solutions", Path(fresh))
@@ -164,7 +164,7 @@ def _grade_side_by_side(jobs, fresh_stubs: str, warmup) -> list:
     the phases are graded together from the warm cache. Each run's line is printed as it ends."""
     import threading
 
-    no_warmup = {**os.environ, "FA_WARM_SHARDS": "0"}
+    no_warmup = {**os.environ, settings.WARM_SHARDS.name: "0"}
     running = {job: _start(*job, fresh_stubs, env=no_warmup) for job in jobs if job[1] == "exercises"}
     phases = [phase for phase, tree in jobs if tree == "solutions"]
     warm = {}

@@ -1,4 +1,4 @@
-"""Runs inside a Jupyter notebook of the nbgrader course (see grader/nbgrade.py).
+"""Runs inside a Jupyter notebook of the nbgrader course (see grader/instructor/nbgrade.py).
 
 The notebook's code cells are the phase's modules: a cell starting with `%%fa_module phase3/forward.py`
 is written to that file of a private package (a folder shaped like `exercises/`) and imported from
@@ -21,10 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from grader import runtime
+from grader import runtime, settings
 
 STATE: dict = {}
-TIMEOUT = float(os.environ.get("FA_NOTEBOOK_TIMEOUT", "1800"))
+TIMEOUT = float(settings.NOTEBOOK_TIMEOUT.get())
 
 
 def setup(phase: int) -> None:
@@ -36,7 +36,7 @@ def setup(phase: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix=f"fa-phase{phase}-notebook-"))
     atexit.register(shutil.rmtree, workdir, True)  # the kernel's files go when the kernel does
     STATE.update(phase=phase, workdir=workdir, runs={})
-    os.environ["FA_IMPL"] = str(workdir)  # grader.impl mounts it as a package of its own
+    os.environ[settings.IMPL.name] = str(workdir)  # grader.impl mounts it as a package of its own
     try:
         from IPython import get_ipython
 
@@ -104,7 +104,7 @@ def _fa_module_magic(line: str, cell: str):
 
 def _digest(extra: str = "") -> str:
     h = hashlib.sha256(extra.encode())
-    h.update(os.environ.get("FA_GRADER_SEED", "").encode())
+    h.update((settings.SEED.get() or "").encode())
     for path in sorted(STATE["workdir"].rglob("*.py")):
         if "__pycache__" not in path.parts:
             h.update(str(path.relative_to(STATE["workdir"])).encode() + path.read_bytes())

@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from grader import bounds, gpulock, hints, impl, messages, scoring, tiers, usage, warmup  # noqa: E402
+from grader import bounds, gpulock, hints, impl, messages, scoring, settings, tiers, usage, warmup  # noqa: E402
 
 PUBLIC_SEED = 0
 _CRASH_LOG = None  # kept open for faulthandler
@@ -45,12 +45,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "tier(name): compile, gpu or throughput (default: correctness)")
     if runtime.interpreting():
         bounds.install()  # an unmasked store is named, instead of corrupting the heap
-    if os.environ.get("FA_CRASH_LOG") and config.getoption("progress") and not config.getoption("warm_shard"):
+    if settings.CRASH_LOG.is_set() and config.getoption("progress") and not config.getoption("warm_shard"):
         # grader.isolation reads the Python traceback of a crash here, to name the kernel line
         import faulthandler
 
         global _CRASH_LOG
-        _CRASH_LOG = open(os.environ["FA_CRASH_LOG"], "w")
+        _CRASH_LOG = open(settings.CRASH_LOG.get(), "w")
         faulthandler.enable(_CRASH_LOG)
     if config.getoption("warm_shard"):
         from grader import timing
@@ -61,7 +61,7 @@ def pytest_configure(config):
 
 
 def base_seed() -> tuple[int, str]:
-    secret = os.environ.get("FA_GRADER_SEED")
+    secret = settings.SEED.get()
     return (int(secret), "secret") if secret else (PUBLIC_SEED, "public")
 
 

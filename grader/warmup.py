@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grader import runtime
+from grader import runtime, settings
 from grader.impl import ROOT
 
 # Tiers whose tests compile the most (many configurations; the largest shapes) are claimed first.
@@ -47,7 +47,7 @@ def order(items: list, tier_of) -> list:
 
 
 def shard_count(n_items: int) -> int:
-    forced = os.environ.get("FA_WARM_SHARDS")
+    forced = settings.WARM_SHARDS.get()
     if forced is not None:
         return max(0, int(forced))
     if not runtime.has_cuda() or n_items < 4:
@@ -72,7 +72,7 @@ def _triton_cache_dir() -> Path:
 
 
 def _tree_dir() -> Path | None:
-    name = os.environ.get("FA_IMPL", "exercises")
+    name = settings.IMPL.get()
     path = Path(name) if Path(name).is_dir() else ROOT / name
     return path if path.is_dir() else None
 
@@ -95,7 +95,7 @@ def stamp_path(phase: int) -> Path | None:
 
 
 def warmed_before(phase: int) -> bool:
-    if os.environ.get("FA_WARM_SHARDS") is not None:
+    if settings.WARM_SHARDS.get() is not None:
         return False
     stamp = stamp_path(phase)
     return stamp is not None and stamp.exists()
@@ -188,9 +188,9 @@ def warm_phases(phases: list[int], tree: str) -> tuple[list[int], list[float]]:
     queue over all their tests, heaviest tiers of every phase first, so that no phase's long pole
     waits behind another phase's light tests. Phases warmed before are left out. Returns the phases
     warmed and the seconds each process took."""
-    env = {**os.environ, "FA_IMPL": tree}
-    previous = os.environ.get("FA_IMPL")
-    os.environ["FA_IMPL"] = tree  # the stamps name the tree through FA_IMPL
+    env = {**os.environ, settings.IMPL.name: tree}
+    previous = os.environ.get(settings.IMPL.name)
+    os.environ[settings.IMPL.name] = tree  # the stamps name the tree through it
     try:
         todo = [p for p in phases if not warmed_before(p)]
         if not todo:
@@ -203,6 +203,6 @@ def warm_phases(phases: list[int], tree: str) -> tuple[list[int], list[float]]:
         return todo, sorted(seconds)
     finally:
         if previous is None:
-            del os.environ["FA_IMPL"]
+            del os.environ[settings.IMPL.name]
         else:
-            os.environ["FA_IMPL"] = previous
+            os.environ[settings.IMPL.name] = previous
