@@ -197,7 +197,10 @@ def notebook(phase: int, target: str, assignment: Path) -> tuple[dict, float]:
     cells.append(_cell("markdown", "## Your code\n\nEach cell below is one file of the course's package: "
                        "`%%fa_module phaseN/name.py` saves the cell to that file and imports it, so its functions "
                        "become available here. Cells of earlier phases hold your own earlier work, as in "
-                       "`exercises/`: fill them in too, where this phase uses them.",
+                       "`exercises/`: fill them in too, where this phase uses them. Stuck? Run the cells, then "
+                       "`fa.hint()` lists the TODOs and `fa.hint(k)` gives the next hint for TODO k (a question, "
+                       "the key formula, then the shape of the code); the hints you take are kept in `fa_hints/` "
+                       "beside this notebook and go in with it.",
                        grade_id=f"phase{phase}_code_intro", locked=True))
     for rel in needed_modules(phase):
         source = (ROOT / "solutions" / rel).read_text()
@@ -278,6 +281,15 @@ def _ship_grader(phase: int, dest: Path) -> None:
     (dest / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
 
 
+def _ship_hints(phase: int, dest: Path) -> None:
+    """The hints of every phase the notebook holds (`fa.hint(k)`; grader/notebook.py installs them)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted({int(rel.split("/")[0].removeprefix("phase")) for rel in needed_modules(phase)}):
+        source = ROOT / "solutions" / f"phase{p}" / "hints.toml"
+        if source.exists():
+            shutil.copy2(source, dest / f"phase{p}.toml")
+
+
 CONFIG = f'''\
 # nbgrader configuration of the course, written by `make nbgrader` (grader/instructor/nbgrade.py).
 c = get_config()  # noqa: F821
@@ -309,6 +321,7 @@ def build(out: Path, selected: list[int], target: str, generate: bool = True) ->
         nb, totals[phase] = notebook(phase, target, assignment)
         (assignment / f"phase{phase}.ipynb").write_text(json.dumps(nb, indent=1) + "\n")
         _ship_grader(phase, assignment / "fa_course")
+        _ship_hints(phase, assignment / "fa_course" / "hints")
         print(f"source/phase{phase}/phase{phase}.ipynb: {sum(c['cell_type'] == 'code' for c in nb['cells'])} code"
               f" cells, {totals[phase]:g} points ({target} autograder)", flush=True)
         if generate:

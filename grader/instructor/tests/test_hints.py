@@ -76,3 +76,35 @@ def test_a_stub_hit_by_many_tests_is_printed_once():
     text = "\n".join(messages.render(summary))
     assert text.count(long.removeprefix("TODO ")) == 1
     assert text.count("TODO 1 is not written yet") == 5 and "make hint PHASE=0 TODO=k" in text
+
+
+def test_notebook_hints_ship_and_are_recorded_beside_the_notebook(tmp_path):
+    """`make nbgrader` ships each phase's hints; in the notebook `fa.hint(k)` reveals them and keeps
+    the record in fa_hints/ beside the notebook (it goes in with the submission)."""
+    import subprocess
+    import sys
+
+    from grader.instructor import nbgrade
+
+    nbgrade.build(tmp_path, [0], "cpu", generate=False)
+    assignment = tmp_path / "source" / "phase0"
+    assert (assignment / "fa_course" / "hints" / "phase0.toml").exists()
+    script = (
+        "import sys; sys.path.insert(0, 'fa_course')\n"
+        "from grader import notebook as fa\n"
+        "fa.setup(0)\n"
+        "from pathlib import Path\n"
+        f"src = Path({str(ROOT / 'solutions')!r})\n"
+        "for rel in ['phase0/__init__.py'] + sorted(p.name for p in (src / 'phase0').glob('*.py')):\n"
+        "    rel = rel if '/' in rel else 'phase0/' + rel\n"
+        "    target = fa.STATE['workdir'] / rel\n"
+        "    target.parent.mkdir(parents=True, exist_ok=True)\n"
+        "    target.write_text((src / rel).read_text())\n"
+        "fa.hint()\n"
+        "fa.hint(1)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=assignment, capture_output=True, text=True,
+                          env={**__import__("os").environ, "TRITON_INTERPRET": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "fa.hint(k)" in proc.stdout and "Hint 1/" in proc.stdout, proc.stdout[-2000:]
+    record = json.loads((assignment / "fa_hints" / "phase0.json").read_text())
+    assert len(record["taken"]) == 1

@@ -60,6 +60,7 @@ def test_course_layout_and_release(course):
         released = "".join("".join(c["source"]) for c in _cells(release / f"phase{phase}.ipynb"))
         assert "### BEGIN SOLUTION" not in released and "### BEGIN HIDDEN TESTS" not in released
         assert "YOUR CODE HERE" in released
+        assert (release / "fa_course" / "hints" / f"phase{phase}.toml").exists(), "the phase's hints are not shipped"
         shipped = "".join(p.read_text() for p in (release / "fa_course").rglob("*.py"))
         assert "### BEGIN HIDDEN TESTS" not in shipped and not (release / "fa_course" / "solutions").exists()
 
