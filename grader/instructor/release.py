@@ -26,6 +26,9 @@ from grader.impl import ROOT
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+# Parts of the README for the course's authors and instructors (their verbs, INSTRUCTORS.md): cut
+# from the student copy, which has neither.
+BEGIN_COURSE_ONLY, END_COURSE_ONLY = "<!-- BEGIN COURSE-ONLY -->", "<!-- END COURSE-ONLY -->"
 ARCHIVE_TOP = "flashattention-from-scratch"
 
 TOP_FILES = ("README.md", "Makefile", "pyproject.toml", ".gitignore", "LICENSE", "LICENSE.md", "LICENSE.txt")
@@ -337,7 +340,11 @@ def build(out: Path, archive: Path | None = None, root: Path = ROOT, phases: lis
     for name in TOP_FILES:
         if (root / name).is_file():
             text = (root / name).read_text()
-            (out / name).write_text(release_makefile(text) if name == "Makefile" else text)
+            if name == "Makefile":
+                text = release_makefile(text)
+            elif name.endswith(".md"):
+                text = strip_regions(text, BEGIN_COURSE_ONLY, END_COURSE_ONLY, name)
+            (out / name).write_text(text)
     for rel in student_files(root):
         # `_unreleased` looks below the top folder: phase folders, graders and reports of other phases
         if phases is None or not _unreleased(Path(*rel.parts[1:]), phases):

@@ -71,7 +71,11 @@ def test_release_has_the_course_without_answers(student_copy):
     for needed in ("Makefile", "pyproject.toml", "grader/plugin.py", "grader/__main__.py"):
         assert (copy / needed).is_file(), needed
     if (ROOT / "README.md").exists():
-        assert (copy / "README.md").is_file()
+        readme = (copy / "README.md").read_text()
+        assert "make grade PHASE=" in readme and "make hint" in readme
+        # the instructors' part (their verbs, a link to INSTRUCTORS.md, which does not ship) is cut
+        assert "COURSE-ONLY" not in readme and "INSTRUCTORS.md" not in readme
+        assert "make test " not in readme and "| `make check-solutions`" not in readme
     for phase in RELEASED:
         assert (copy / "exercises" / f"phase{phase}" / "__init__.py").is_file()
         assert (copy / "grader" / "phases" / f"test_phase{phase}.py").is_file()
