@@ -46,7 +46,9 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     per sequence, top-left aligned (SDPA's is_causal). A sequence may be empty; one with queries and
     no keys gets o = 0. Dropout zeroes each probability with chance dropout_p (the mask drawn from
     `seed`, or from torch's generator when None) and scales the rest by 1 / (1 - dropout_p).
-    Differentiable in q, k and v; returns o (total_q, H, D) in q's dtype.
+    Differentiable in q, k and v; returns o (total_q, H, D) in q's dtype. Bad cu_seqlens values raise
+    ValueError from this call: they are checked while the forward kernel runs (varlen.py), once; the
+    backward reuses the checked tensors, which autograd keeps from being modified in between.
     """
     check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     sm_scale = check_options(causal, sm_scale, q.shape[-1])

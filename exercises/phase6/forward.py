@@ -6,6 +6,9 @@ Phase 3's kernel with two changes. Where a (batch, head) started at batch * stri
 starts where `cu_seqlens` says, and its length is read from there too: the grid is sized by the
 longest sequence, and programs past the end of a shorter one return at once. And each probability,
 after it has entered the row sum l_i, is kept or dropped by `dropout_keep` before it meets V.
+The kernel is launched before the host has checked the values of `cu_seqlens` (varlen.py checks them
+while it runs), so it clamps every sequence into the pack: no value can make it read or write out of
+bounds.
 """
 import torch
 import triton
@@ -13,7 +16,7 @@ import triton.language as tl
 
 from ..phase3.forward import _config as phase3_config
 from .dropout import dropout_keep
-from .varlen import as_heads, check_cu_seqlens
+from .varlen import CuSeqlensCheck, as_heads
 
 
 @triton.jit
@@ -41,9 +44,17 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, start_n, 
 
 
 @triton.jit
+def _inside(start, n, total):
+    """Rows [start, start + n) clamped into [0, total): (start, length), the length 0 when n < 0."""
+    lo = tl.minimum(tl.maximum(start, 0), total)
+    hi = tl.minimum(tl.maximum(start + n, lo), total)
+    return lo, hi - lo
+
+
+@triton.jit
 def varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, sm_scale, seed, dropout_p,
                       stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                      H, TOTAL_Q, MAX_Q, MAX_K, N_M_BLOCKS,
+                      H, TOTAL_Q, TOTAL_K, MAX_Q, MAX_K, N_M_BLOCKS,
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     # A 1-D grid, as in Phase 3: (sequence * H + head) major, query blocks last first within it.
@@ -57,6 +68,12 @@ def varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, sm_scale, seed, dropout_p,
     # (the host never reads them); a program whose query block starts at or past N_Q returns without
     # storing anything (the grid is sized for the longest sequence).
     tl.static_assert(False, "phase 6: the forward program's sequence: where it lives in the pack, and its lengths")
+    # This kernel runs before the host has checked cu_seqlens' values (varlen.py: the check runs
+    # beside it), so it must be safe for any values: each sequence clamped into the pack, [start, end)
+    # within [0, TOTAL), an end before its start an empty sequence. Good values pass unchanged; bad
+    # ones give in-bounds garbage that the host's check throws away with an error.
+    q_start, N_Q = _inside(q_start, N_Q, TOTAL_Q)
+    k_start, N_K = _inside(k_start, N_K, TOTAL_K)
     # int64: a packed tensor of many long sequences passes 2**31 elements.
     q_base = Q + q_start.to(tl.int64) * stride_qt + h.to(tl.int64) * stride_qh
     k_base = K + k_start.to(tl.int64) * stride_kt + h.to(tl.int64) * stride_kh
@@ -93,7 +110,7 @@ def varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, sm_scale, seed, dropout_p,
 def varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, sm_scale,
                    dropout_p, seed, config=None):
     """(o, lse) of packed inputs that passed `check_varlen`: o (total_q, H, D) in q's dtype, lse (H, total_q)
-    float32. The values of cu_seqlens are checked here, right before the launch.
+    float32. The values of cu_seqlens are checked here, while the kernel runs: ValueError if bad.
 
     `config` = (BLOCK_M, BLOCK_N, num_warps, num_stages) overrides Phase 3's tuned choice.
     """
@@ -107,14 +124,16 @@ def varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
     block_m, block_n, num_warps, num_stages = config or phase3_config(as_heads(q), long_k, causal)
     n_m_blocks = triton.cdiv(max_seqlen_q, block_m)
     dropout = dropout_p > 0.0
-    # The values of cu_seqlens, last before the launch: the GPU, drained by this check's copy to the
-    # host, idles only until the kernel below starts.
-    check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0], max_seqlen_q, max_seqlen_k)
+    # The values of cu_seqlens are checked while the kernel runs (varlen.py): started before the
+    # launch, finished after it. A ValueError from finish() drops o and lse, which the kernel, safe
+    # for any values, fills with in-bounds garbage meanwhile.
+    check = CuSeqlensCheck(cu_seqlens_q, cu_seqlens_k, total_q, k.shape[0], max_seqlen_q, max_seqlen_k)
     varlen_fwd_kernel[(n_m_blocks * n_seq * H,)](
         q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, sm_scale, seed if dropout else 0, dropout_p,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
-        H, total_q, max_seqlen_q, max_seqlen_k, n_m_blocks,
+        H, total_q, k.shape[0], max_seqlen_q, max_seqlen_k, n_m_blocks,
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal, DROPOUT=dropout,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages)
+    check.finish()
     return o, lse

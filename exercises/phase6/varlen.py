@@ -5,12 +5,26 @@ A batch of sequences of different lengths is stored packed, one token after anot
 padding: q is (total_q, H, D), k and v (total_k, H, D). `cu_seqlens_q` (int32, batch + 1 entries)
 holds the prefix sums of the lengths: sequence b owns rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1].
 `max_seqlen_q` is the longest length: the kernels size their grid with it without reading
-cu_seqlens on the host. A wrong cu_seqlens is an out-of-bounds read or a silently wrong answer in a
-kernel, so it is checked before any launch, in two steps: `check_varlen` (types, shapes, devices:
-no value of cu_seqlens needed) at the start of a call, and `check_cu_seqlens` (the values, copied to
-the host) right before the forward's launch. That copy is the call's one synchronization: the CPU
-waits for the GPU to finish everything queued before it, and the GPU then idles until the next
-launch, so only a launch may stand between the two.
+cu_seqlens on the host.
+
+A wrong cu_seqlens is a silently wrong answer, so every call checks it, in two steps.
+`check_varlen` (types, shapes, devices, numbers of entries) needs no value of cu_seqlens and runs
+at the start of a call. `CuSeqlensCheck` checks the values, and the values live on the GPU: the
+host sees them only through a copy that it must wait for. Waited for before the launch, that copy
+drains the GPU (it comes after everything queued before it), and the GPU then idles for the whole
+Python path from the copy to the launch: tens of microseconds per call, which a short forward
+kernel cannot hide. So the check runs *while the forward kernel runs*. Started before the launch,
+it makes a side stream wait for what the current stream holds so far (the producers of
+cu_seqlens); after the launch it copies the values on that side stream, beside the kernel, waits
+for that copy only, and checks them on the host. Bad values raise from the call, as a check made
+first would; the kernel's output is dropped. The host still waits once per call, but for work
+queued before this call's kernel, which is then queued too: the GPU goes from the previous work
+straight to it.
+
+Launched before its inputs are known to be good, the forward kernel must be safe for *any* values
+of cu_seqlens: it clamps each sequence into the pack (forward.py), so that no value can send a load
+or a store outside q, k, v, o or lse. The backward needs no check: it follows a forward that
+passed, with the same cu_seqlens (autograd refuses a saved tensor modified in place since).
 """
 import torch
 
@@ -67,18 +81,61 @@ def _lengths(bounds, name, total):
     return lengths
 
 
-def check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, total_q, total_k, max_seqlen_q, max_seqlen_k):
-    """The values of cu_seqlens (already through `check_varlen`): prefix sums from 0 to the number of
-    packed tokens, no longer than max_seqlen. Returns (lengths of q, of k).
+_SIDE_STREAMS: dict = {}
 
-    One copy of both to the host, the call's only synchronization: call it last before the launch.
+
+def _side_stream(device) -> "torch.cuda.Stream":
+    """One stream per GPU for the values' copy, beside the kernels of the current stream."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _SIDE_STREAMS[index]
+
+
+class CuSeqlensCheck:
+    """The values of cu_seqlens (already through `check_varlen`), checked on the host while the forward
+    kernel runs: prefix sums from 0 to the number of packed tokens, none longer than max_seqlen.
+
+    Make it before the launch and call `finish()` after it (see the module's docstring):
+        check = CuSeqlensCheck(cu_seqlens_q, cu_seqlens_k, total_q, total_k, max_seqlen_q, max_seqlen_k)
+        kernel[grid](...)        # safe for any values: it clamps each sequence into the pack
+        check.finish()           # ValueError if the values are bad; else (lengths of q, of k)
     """
-    bounds = torch.cat((cu_seqlens_q, cu_seqlens_k)).tolist()  # one copy, one wait for the GPU
-    n = cu_seqlens_q.numel()
-    len_q = _lengths(bounds[:n], "cu_seqlens_q", total_q)
-    len_k = _lengths(bounds[n:], "cu_seqlens_k", total_k)
-    for name, value, lengths in (("max_seqlen_q", max_seqlen_q, len_q), ("max_seqlen_k", max_seqlen_k, len_k)):
-        if value < max(lengths):
-            raise ValueError(f"{name}={value} is smaller than the longest sequence ({max(lengths)} tokens): "
-                             "the kernels would skip its last rows")
-    return len_q, len_k
+
+    def __init__(self, cu_seqlens_q, cu_seqlens_k, total_q, total_k, max_seqlen_q, max_seqlen_k):
+        self.cu = (cu_seqlens_q, cu_seqlens_k)
+        self.sizes = (total_q, total_k, max_seqlen_q, max_seqlen_k)
+        self.side = None
+        if cu_seqlens_q.is_cuda:
+            # The copy will wait for what the current stream holds now (whatever wrote cu_seqlens),
+            # not for the kernel launched next: made after the launch, it runs beside that kernel.
+            self.side = _side_stream(cu_seqlens_q.device)
+            self.side.wait_stream(torch.cuda.current_stream(cu_seqlens_q.device))
+
+    def values(self) -> list[int]:
+        """Both tensors' entries on the host, cu_seqlens_q's first."""
+        cu_q, cu_k = self.cu
+        if self.side is None:  # CPU (the interpreter): the values are already on the host
+            return cu_q.tolist() + cu_k.tolist()
+        # Two copies into pinned memory, the copy engine's work: no kernel on the side stream, which
+        # would wait for a free SM behind the forward kernel's programs.
+        host = torch.empty(cu_q.numel() + cu_k.numel(), dtype=torch.int32, pin_memory=True)
+        with torch.cuda.stream(self.side):
+            host[:cu_q.numel()].copy_(cu_q, non_blocking=True)
+            host[cu_q.numel():].copy_(cu_k, non_blocking=True)
+            landed = self.side.record_event()
+        landed.synchronize()  # the host waits for the copy only; the kernel goes on
+        return host.tolist()
+
+    def finish(self):
+        """Returns (lengths of q, of k), or raises ValueError naming the argument."""
+        bounds = self.values()
+        total_q, total_k, max_seqlen_q, max_seqlen_k = self.sizes
+        n = self.cu[0].numel()
+        len_q = _lengths(bounds[:n], "cu_seqlens_q", total_q)
+        len_k = _lengths(bounds[n:], "cu_seqlens_k", total_k)
+        for name, value, lengths in (("max_seqlen_q", max_seqlen_q, len_q), ("max_seqlen_k", max_seqlen_k, len_k)):
+            if value < max(lengths):
+                raise ValueError(f"{name}={value} is smaller than the longest sequence ({max(lengths)} tokens): "
+                                 "the kernels would skip its last rows")
+        return len_q, len_k
