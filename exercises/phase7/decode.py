@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ..phase3 import merge_partials
-from .forward import _attn_fwd_inner
+from .forward import _attn_fwd_inner, _empty_state
 from .options import UNBOUNDED, block_d, check_heads, check_sm_scale, next_power_of_2, unit_last_stride
 
 
@@ -47,9 +47,7 @@ def _decode_split(Q, K, V, SEQLENS, O_PART, LSE_PART, sm_scale,
     K += b * stride_kb + hk * stride_kh
     V += b * stride_vb + hk * stride_vh
     seqlen = tl.load(SEQLENS + b)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    m_i, l_i, acc = _empty_state(BLOCK_M, BLOCK_D)
     # TODO(phase 7, split): this program's share of sequence b's cache, through the online softmax
     # Contract: the NUM_SPLITS splits of a sequence partition its keys 0 .. seqlen - 1 (this sequence's own
     # length, not the cache's capacity) into contiguous ranges, each starting on a multiple of BLOCK_N;

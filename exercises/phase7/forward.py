@@ -69,6 +69,13 @@ def _key_range(start_m, N_Q, N_K, WIN_LEFT, WIN_RIGHT, BLOCK_M: tl.constexpr, BL
 
 
 @triton.jit
+def _empty_state(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The online softmax's state before any key, (m, l, acc) = (-inf, 0, 0), all float32."""
+    zero = tl.zeros([BLOCK_M], tl.float32)
+    return zero - float("inf"), zero, tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+
+@triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, start_n, end_n, offs_m, offs_d,
                     N_K, WIN_LEFT, WIN_RIGHT, sm_scale, softcap,
                     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, SOFTCAP: tl.constexpr,
@@ -79,10 +86,9 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, start_n, end_n
     MASKED=True: keys past N_K and outside a row's band weigh exactly 0, and a row may have seen no
     key yet (m_i = -inf), even after this block.
     """
-    offs_n = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
     for start in range(start_n, end_n, BLOCK_N):
-        cols = start + offs_n
+        cols = start + tl.arange(0, BLOCK_N)
         if MASKED:
             kv_ok = (cols[:, None] < N_K) & d_ok[None, :]
         else:
@@ -121,9 +127,7 @@ def _attn_fwd(Q, K, V, O, LSE, sm_scale, softcap,
     offs_d = tl.arange(0, BLOCK_D)  # a power of two; columns HEAD_DIM.. are padding, loaded as 0
     io_ok = (offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM)
     q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=io_ok, other=0.0)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    m_i, l_i, acc = _empty_state(BLOCK_M, BLOCK_D)
 
     lo, full_lo, full_hi, hi = _key_range(start_m, N_Q, N_K, WIN_LEFT, WIN_RIGHT, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, lo, full_lo, offs_m,

@@ -33,8 +33,8 @@ def _try_ms(fn):
     try:
         return _ms(fn)
     except Exception as exc:  # noqa: BLE001 -- a backend that refuses these inputs: recorded as missing
-        print(f"  (skipped: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})",
-              flush=True)
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        print(f"  (skipped: {type(exc).__name__}: {first})", flush=True)
         return None
 
 
@@ -50,44 +50,49 @@ def _qkv(B, H, H_kv, Nq, Nk, D, seed=0):
 GQA_SHAPE = (2, 32, 4096, 128)  # B, H, N, D: 8k tokens of a model with 32 query heads of 128
 
 
-def measure_gqa():
+def _gqa_row(B, H, H_kv, N, D):
     import torch
 
     from grader import bench, cost, timing
     from solutions.phase7 import flash_attention, flash_attention_forward
 
+    q, k, v = _qkv(B, H, H_kv, N, N, D)
+    do = torch.randn_like(q)
+    flops = {m: cost.attention_flops(B, H, N, N, D, True, m) for m in ("fwd", "fwd_bwd")}
+    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+
+    def fwd_bwd():
+        torch.autograd.grad(flash_attention(qg, kg, vg, causal=True), (qg, kg, vg), do)
+    row = {"B": B, "H": H, "H_kv": H_kv, "N": N, "D": D,
+           "kv_bytes": 2 * k.numel() * k.element_size(),
+           "ours_fwd_ms": _ms(lambda: flash_attention_forward(q, k, v, causal=True)),
+           "ours_fwd_bwd_ms": _ms(fwd_bwd)}
+    # What a model without a GQA kernel does: repeat K/V to every query head, then SDPA.
+    repeat = lambda: (k.repeat_interleave(H // H_kv, 1), v.repeat_interleave(H // H_kv, 1))
+    row["repeat_ms"] = _ms(repeat) if H_kv < H else 0.0
+    kr, vr = repeat()
+    for backend in ("cudnn", "flash"):
+        calls = bench.sdpa_callables(q, kr, vr, True, backend)
+        row[f"sdpa_{backend}_fwd_ms"] = _try_ms(calls["fwd"])
+        row[f"sdpa_{backend}_fwd_bwd_ms"] = _try_ms(calls["fwd_bwd"])
+    row["sdpa_enable_gqa_fwd_ms"] = _try_ms(
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    for mode in ("fwd", "fwd_bwd"):
+        row[f"ours_{mode}_tflops"] = timing.tflops(flops[mode], row[f"ours_{mode}_ms"])
+    print(f"GQA H_kv={H_kv}: ours fwd {row['ours_fwd_tflops']:.0f} TFLOPS, fwd+bwd "
+          f"{row['ours_fwd_bwd_tflops']:.0f}; SDPA cuDNN on repeated K/V fwd {row['sdpa_cudnn_fwd_ms']} ms "
+          f"(+ repeat {row['repeat_ms']:.3f} ms)", flush=True)
+    return row
+
+
+def measure_gqa():
+    import torch
+
     B, H, N, D = GQA_SHAPE
     rows = []
     for H_kv in (32, 8, 4, 1):
-        q, k, v = _qkv(B, H, H_kv, N, N, D)
-        do = torch.randn_like(q)
-        flops = {m: cost.attention_flops(B, H, N, N, D, True, m) for m in ("fwd", "fwd_bwd")}
-        qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-
-        def fwd_bwd():
-            torch.autograd.grad(flash_attention(qg, kg, vg, causal=True), (qg, kg, vg), do)
-        row = {"B": B, "H": H, "H_kv": H_kv, "N": N, "D": D,
-               "kv_bytes": 2 * k.numel() * k.element_size(),
-               "ours_fwd_ms": _ms(lambda: flash_attention_forward(q, k, v, causal=True)),
-               "ours_fwd_bwd_ms": _ms(fwd_bwd)}
-        # What a model without a GQA kernel does: repeat K/V to every query head, then SDPA.
-        repeat = lambda: (k.repeat_interleave(H // H_kv, 1), v.repeat_interleave(H // H_kv, 1))
-        row["repeat_ms"] = _ms(repeat) if H_kv < H else 0.0
-        kr, vr = repeat()
-        for backend in ("cudnn", "flash"):
-            calls = bench.sdpa_callables(q, kr, vr, True, backend)
-            row[f"sdpa_{backend}_fwd_ms"] = _try_ms(calls["fwd"])
-            row[f"sdpa_{backend}_fwd_bwd_ms"] = _try_ms(calls["fwd_bwd"])
-        row["sdpa_enable_gqa_fwd_ms"] = _try_ms(
-            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
-        for mode in ("fwd", "fwd_bwd"):
-            row[f"ours_{mode}_tflops"] = timing.tflops(flops[mode], row[f"ours_{mode}_ms"])
-        rows.append(row)
-        print(f"GQA H_kv={H_kv}: ours fwd {row['ours_fwd_tflops']:.0f} TFLOPS, fwd+bwd "
-              f"{row['ours_fwd_bwd_tflops']:.0f}; SDPA cuDNN on repeated K/V fwd {row['sdpa_cudnn_fwd_ms']} ms "
-              f"(+ repeat {row['repeat_ms']:.3f} ms)", flush=True)
-        del q, k, v, kr, vr, qg, kg, vg, do
-        torch.cuda.empty_cache()
+        rows.append(_gqa_row(B, H, H_kv, N, D))
+        torch.cuda.empty_cache()  # the tensors of one row are freed when its function returns
     common.save("phase7/gqa.json", {"rows": rows})
 
 
@@ -107,39 +112,44 @@ def visible_pairs(n, left, right) -> int:
     return total
 
 
-def measure_window():
+def _window_rows(N, B=1, H=16, D=128):
     import torch
 
     from grader import bench
     from solutions.phase7 import flash_attention, flash_attention_forward
 
-    B, H, D = 1, 16, 128
+    q, k, v = _qkv(B, H, H, N, N, D)
+    do = torch.randn_like(q)
+    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+
+    def fwd_bwd(window):
+        torch.autograd.grad(flash_attention(qg, kg, vg, causal=True, window=window), (qg, kg, vg), do)
+    full = {"fwd": _ms(lambda: flash_attention_forward(q, k, v, causal=True)), "fwd_bwd": _ms(lambda: fwd_bwd(None))}
+    sdpa = _try_ms(bench.sdpa_callables(q, k, v, True, "cudnn")["fwd"])
+    all_pairs = visible_pairs(N, -1, 0)
+    rows = []
+    for w in WINDOWS:
+        if w >= N:
+            continue
+        window = (w, -1)
+        row = {"N": N, "D": D, "H": H, "window": w, "work": visible_pairs(N, w, 0) / all_pairs,
+               "full_fwd_ms": full["fwd"], "full_fwd_bwd_ms": full["fwd_bwd"], "sdpa_cudnn_full_fwd_ms": sdpa,
+               "fwd_ms": _ms(lambda: flash_attention_forward(q, k, v, causal=True, window=window)),
+               "fwd_bwd_ms": _ms(lambda: fwd_bwd(window))}
+        rows.append(row)
+        print(f"window N={N} w={w}: work {row['work']:.3f}, fwd {row['fwd_ms'] / full['fwd']:.3f} of full, "
+              f"fwd+bwd {row['fwd_bwd_ms'] / full['fwd_bwd']:.3f}", flush=True)
+    return rows
+
+
+def measure_window():
+    import torch
+
     rows = []
     for N in WINDOW_NS:
         if _out_of_time():
             break
-        q, k, v = _qkv(B, H, H, N, N, D)
-        do = torch.randn_like(q)
-        qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-
-        def fwd_bwd(window):
-            torch.autograd.grad(flash_attention(qg, kg, vg, causal=True, window=window), (qg, kg, vg), do)
-        full = {"fwd": _ms(lambda: flash_attention_forward(q, k, v, causal=True)),
-                "fwd_bwd": _ms(lambda: fwd_bwd(None))}
-        sdpa = _try_ms(bench.sdpa_callables(q, k, v, True, "cudnn")["fwd"])
-        all_pairs = visible_pairs(N, -1, 0)
-        for w in WINDOWS:
-            if w >= N:
-                continue
-            window = (w, -1)
-            row = {"N": N, "D": D, "H": H, "window": w, "work": visible_pairs(N, w, 0) / all_pairs,
-                   "full_fwd_ms": full["fwd"], "full_fwd_bwd_ms": full["fwd_bwd"], "sdpa_cudnn_full_fwd_ms": sdpa,
-                   "fwd_ms": _ms(lambda: flash_attention_forward(q, k, v, causal=True, window=window)),
-                   "fwd_bwd_ms": _ms(lambda: fwd_bwd(window))}
-            rows.append(row)
-            print(f"window N={N} w={w}: work {row['work']:.3f}, fwd {row['fwd_ms'] / full['fwd']:.3f} of full, "
-                  f"fwd+bwd {row['fwd_bwd_ms'] / full['fwd_bwd']:.3f}", flush=True)
-        del q, k, v, qg, kg, vg, do
+        rows += _window_rows(N)
         torch.cuda.empty_cache()
         common.save("phase7/window.json", {"rows": rows})
 
@@ -163,54 +173,58 @@ def _flex_decode(q, k, v):
     return (lambda: flex(q, k, v, enable_gqa=True)), time.time() - started
 
 
+def _decode_row(B, N, copy):
+    import torch
+
+    from solutions.phase7 import flash_decode
+    from solutions.phase7.decode import _combine_splits, choose_num_splits, decode_partials, merge_splits_with_partials
+    from solutions.phase7.options import block_d, next_power_of_2
+
+    H, H_kv, D = DECODE_HEADS
+    nbytes = 2 * B * H_kv * N * D * 2
+    q, k, v = _qkv(B, H, H_kv, 1, N, D)
+    seqlens = torch.full((B,), N, dtype=torch.int32, device="cuda")
+    row = {"B": B, "N": N, "H": H, "H_kv": H_kv, "D": D, "bytes": nbytes, "copy_gbs": copy,
+           "splits": choose_num_splits(B * H_kv, N, q.device),
+           "ours_ms": _ms(lambda: flash_decode(q, k, v, seqlens)),
+           "ours_one_split_ms": _ms(lambda: flash_decode(q, k, v, seqlens, num_splits=1)),
+           "sdpa_ms": _try_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True))}
+    if (B, N) in FLEX_SHAPES and not _out_of_time():
+        try:
+            flex, compile_s = _flex_decode(q, k, v)
+            row.update(flex_ms=_ms(flex), flex_compile_s=compile_s)
+        except Exception as exc:  # noqa: BLE001 -- FlexAttention missing or failing: say so
+            row["flex_error"] = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "error"
+    for name in ("ours", "ours_one_split", "sdpa", "flex"):
+        ms = row.get(f"{name}_ms")
+        row[f"{name}_share"] = None if ms is None else nbytes / (ms * 1e-3) / 1e9 / copy
+    if (B, N) == (1, 32768):  # the merge: one fused kernel against Phase 3's merge_partials, pairwise
+        o_part, lse_part, splits = decode_partials(q, k, v, seqlens)
+        o = torch.empty_like(q)
+        row["partials_ms"] = _ms(lambda: decode_partials(q, k, v, seqlens))
+        row["combine_kernel_ms"] = _ms(lambda: _combine_splits[(B * H,)](
+            o_part, lse_part, o, *o.stride()[:3], H, 1, B * H, splits, HEAD_DIM=D, BLOCK_D=block_d(D),
+            BLOCK_S=max(2, next_power_of_2(splits)), num_warps=4))
+        row["merge_partials_ms"] = _ms(lambda: merge_splits_with_partials(o_part, lse_part))
+    print(f"decode B={B} N={N}: ours {row['ours_ms'] * 1e3:.0f} us = {row['ours_share']:.0%} of copy "
+          f"({row['splits']} splits), one split {row['ours_one_split_share']:.0%}, SDPA "
+          f"{row['sdpa_share'] or 0:.0%}, flex {row.get('flex_share') or 0:.0%}", flush=True)
+    return row
+
+
 def measure_decode():
     import torch
 
     from grader import timing
-    from solutions.phase7 import flash_decode
-    from solutions.phase7.decode import (_combine_splits, choose_num_splits, decode_partials,
-                                         merge_splits_with_partials)
 
     H, H_kv, D = DECODE_HEADS
     copy = timing.copy_bandwidth_gbs()
     rows = []
     for B in DECODE_BATCHES:
         for N in DECODE_TOKENS:
-            nbytes = 2 * B * H_kv * N * D * 2
-            if nbytes > CACHE_LIMIT or _out_of_time():
+            if 2 * B * H_kv * N * D * 2 > CACHE_LIMIT or _out_of_time():
                 continue
-            q, k, v = _qkv(B, H, H_kv, 1, N, D)
-            seqlens = torch.full((B,), N, dtype=torch.int32, device="cuda")
-            share = lambda ms: None if ms is None else nbytes / (ms * 1e-3) / 1e9 / copy
-            row = {"B": B, "N": N, "H": H, "H_kv": H_kv, "D": D, "bytes": nbytes, "copy_gbs": copy,
-                   "splits": choose_num_splits(B * H_kv, N, q.device),
-                   "ours_ms": _ms(lambda: flash_decode(q, k, v, seqlens)),
-                   "ours_one_split_ms": _ms(lambda: flash_decode(q, k, v, seqlens, num_splits=1)),
-                   "sdpa_ms": _try_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v,
-                                                                                              enable_gqa=True))}
-            if (B, N) in FLEX_SHAPES and not _out_of_time():
-                try:
-                    flex, compile_s = _flex_decode(q, k, v)
-                    row.update(flex_ms=_ms(flex), flex_compile_s=compile_s)
-                except Exception as exc:  # noqa: BLE001 -- FlexAttention missing or failing: say so
-                    row["flex_error"] = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "error"
-            for name in ("ours", "ours_one_split", "sdpa", "flex"):
-                row[f"{name}_share"] = share(row.get(f"{name}_ms"))
-            if (B, N) == (1, 32768):  # the merge: one fused kernel against Phase 3's merge_partials, pairwise
-                o_part, lse_part, splits = decode_partials(q, k, v, seqlens)
-                o = torch.empty_like(q)
-                from solutions.phase7.options import block_d, next_power_of_2
-
-                row["partials_ms"] = _ms(lambda: decode_partials(q, k, v, seqlens))
-                row["combine_kernel_ms"] = _ms(lambda: _combine_splits[(B * H,)](
-                    o_part, lse_part, o, *o.stride()[:3], H, 1, B * H, splits, HEAD_DIM=D, BLOCK_D=block_d(D),
-                    BLOCK_S=max(2, next_power_of_2(splits)), num_warps=4))
-                row["merge_partials_ms"] = _ms(lambda: merge_splits_with_partials(o_part, lse_part))
-            rows.append(row)
-            print(f"decode B={B} N={N}: ours {row['ours_ms'] * 1e3:.0f} us = {row['ours_share']:.0%} of copy "
-                  f"({row['splits']} splits), one split {row['ours_one_split_share']:.0%}, SDPA "
-                  f"{row['sdpa_share'] or 0:.0%}, flex {row.get('flex_share') or 0:.0%}", flush=True)
-            del q, k, v
+            rows.append(_decode_row(B, N, copy))
             torch.cuda.empty_cache()
             common.save("phase7/decode.json", {"rows": rows})
 
@@ -335,7 +349,7 @@ def window_table(data) -> str:
                      f"{r['fwd_bwd_ms'] / r['full_fwd_bwd_ms']:.3f}", _f(r.get("sdpa_cudnn_full_fwd_ms"))])
     return common.markdown_table(["N", "window (left)", "work kept", "full fwd (ms)", "window fwd (ms)", "time kept",
                                   "full fwd+bwd (ms)", "window fwd+bwd (ms)", "time kept", "SDPA cuDNN full fwd (ms)"],
-                                 rows) + "\nCausal, B=1, H=16, D=128, bf16; the window is `(w, -1)` with `causal=True`.\n"
+                                 rows) + "\nCausal, B=1, H=16, D=128, bf16; the window is `(w, -1)`, `causal=True`.\n"
 
 
 def decode_table(data) -> str:

@@ -134,15 +134,14 @@ class RingAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, ring):
         o, lse = ring_forward(q, k, v, causal, ring)
-        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.save_for_backward(q, k, v, o, lse)  # this rank's slices only: O(n * D)
         ctx.causal, ctx.ring = causal, ring
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = ring_backward(do, q, k, v, o, lse, ctx.causal, ctx.ring)
-        return dq, dk, dv, None, None
+        grads = ring_backward(do, *ctx.saved_tensors, ctx.causal, ctx.ring)
+        return (*grads, None, None)  # causal and the ring get no gradient
 
 
 def ring_attention(q, k, v, causal=False, group=None):
