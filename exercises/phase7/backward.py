@@ -35,8 +35,9 @@ def _bwd_preprocess(O, DO, LSE, LSE2, DELTA,
                  mask=ok, other=0.0)
     lse = tl.load(LSE + bh.to(tl.int64) * N_Q + offs_m, mask=in_q, other=0.0)
     # TODO(phase 7, delta): delta = rowsum(dO * O), and lse in base 2 for the main kernels' exp2
-    # Contract: as Phase 4 (DELTA and LSE2 float32 (B, H, N_Q) contiguous, one value per row < N_Q), and a
-    # row that saw no key in the forward (lse = -inf) gets an lse2 that makes every p of it exactly 0.
+    # Contract: as Phase 4 (DELTA and LSE2 float32 (B, H, N_Q) contiguous, one value per row < N_Q); a row
+    # that saw no key in the forward (lse = -inf) gets an lse2 for which exp2(s - lse2) is 0, not inf (the
+    # masks zero such a row's p too: this keeps every p finite before the mask, whatever path computes it).
     tl.static_assert(False, "phase 7: delta = rowsum(dO * O), and lse in base 2 for the main kernels' exp2")
 
 

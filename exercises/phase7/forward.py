@@ -69,6 +69,18 @@ def _key_range(start_m, N_Q, N_K, WIN_LEFT, WIN_RIGHT, BLOCK_M: tl.constexpr, BL
 
 
 @triton.jit
+def _load_rows(ptrs, rows, N, offs_d, HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr):
+    """A tile of `rows` x BLOCK_D: rows >= N (checked only when MASK_ROWS) and padding columns >= HEAD_DIM
+    load as 0. When neither can occur the load is plain, as in Phase 3's hot loop."""
+    if MASK_ROWS:
+        return tl.load(ptrs, mask=(rows[:, None] < N) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    elif HEAD_DIM == offs_d.shape[0]:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+
+
+@triton.jit
 def _empty_state(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """The online softmax's state before any key, (m, l, acc) = (-inf, 0, 0), all float32."""
     zero = tl.zeros([BLOCK_M], tl.float32)
@@ -86,14 +98,9 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, start_n, end_n
     MASKED=True: keys past N_K and outside a row's band weigh exactly 0, and a row may have seen no
     key yet (m_i = -inf), even after this block.
     """
-    d_ok = offs_d < HEAD_DIM
     for start in range(start_n, end_n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        if MASKED:
-            kv_ok = (cols[:, None] < N_K) & d_ok[None, :]
-        else:
-            kv_ok = d_ok[None, :]
-        k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0)
+        k = _load_rows(K + cols[:, None] * stride_kn + offs_d[None, :], cols, N_K, offs_d, HEAD_DIM, MASKED)
         s = _logits(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), sm_scale, softcap, SOFTCAP)
         # TODO(phase 7, block): one key block of the online softmax, with the band's mask when MASKED
         # Invariant (Phase 3's): m_i is the running max of the visible scores (log2 units), l_i the sum of

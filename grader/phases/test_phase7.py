@@ -619,7 +619,7 @@ def _compile_specs():
     specs += _backward_specs(options, "bf16", 128, bwd.CONFIGS_SM90[128], False, 90)
     specs += _backward_specs(options, "bf16", 256, bwd.CONFIGS_SM90[256], False, 90)
     specs += _backward_specs(options, "bf16", 80, bwd.CONFIGS_SM90[128], True, 90)[:1]
-    specs += _decode_specs(options, "bf16", 128, (128, 4, 3), 90)
+    specs += _decode_specs(options, "bf16", 128, (64, 4, 3), 90)
     specs.append(_forward_spec(options, "bf16", 256, fwd.CONFIGS_SM80[256], False, 80))
     specs += _backward_specs(options, "bf16", 256, bwd.CONFIGS_SM80[256], False, 80)
     return specs
