@@ -69,15 +69,15 @@ def _key_range(start_m, N_Q, N_K, WIN_LEFT, WIN_RIGHT, BLOCK_M: tl.constexpr, BL
 
 
 @triton.jit
-def _load_rows(ptrs, rows, N, offs_d, HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr):
+def _load_rows(tile_ptrs, rows, N, offs_d, HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr):
     """A tile of `rows` x BLOCK_D: rows >= N (checked only when MASK_ROWS) and padding columns >= HEAD_DIM
     load as 0. When neither can occur the load is plain, as in Phase 3's hot loop."""
     if MASK_ROWS:
-        return tl.load(ptrs, mask=(rows[:, None] < N) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        return tl.load(tile_ptrs, mask=(rows[:, None] < N) & (offs_d[None, :] < HEAD_DIM), other=0.0)
     elif HEAD_DIM == offs_d.shape[0]:
-        return tl.load(ptrs)
+        return tl.load(tile_ptrs)
     else:
-        return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        return tl.load(tile_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
 
 
 @triton.jit
