@@ -78,6 +78,8 @@ def build_copy(mutant: Mutant | None, phase: int, dest: Path) -> Path:
     dest.mkdir(parents=True)
     shutil.copy2(SOLUTIONS / "__init__.py", dest / "__init__.py")
     for n in range(phase + 1):  # later phases import earlier ones, never the other way round
+        if not (SOLUTIONS / f"phase{n}").is_dir():  # a phase this tree lacks (phase 7 needs no phase 6)
+            continue
         shutil.copytree(SOLUTIONS / f"phase{n}", dest / f"phase{n}",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if mutant is not None:

@@ -1,5 +1,5 @@
 """Phase 6 mutants: the dropout mask, where 1/(1-p) enters, and the varlen offsets."""
-from grader.mutants import Mutant
+from grader.instructor.mutants import Mutant
 
 DROPOUT, FWD, BWD = "phase6/dropout.py", "phase6/forward.py", "phase6/backward.py"
 # Kernel mutants skip the compile and throughput tiers (CORRECTNESS_TIERS, the default).

@@ -1,0 +1,11 @@
+"""Phase 7: the attention current models run: grouped-query and multi-query attention, sliding
+windows, logit soft-capping, any head dim up to 256, decoding with a split KV cache, and ring
+attention over a torch.distributed process group."""
+from .attention import FlashAttentionFunction, flash_attention
+from .backward import flash_attention_backward
+from .decode import flash_decode
+from .forward import flash_attention_forward
+from .ring import ring_attention
+
+__all__ = ["FlashAttentionFunction", "flash_attention", "flash_attention_backward", "flash_attention_forward",
+           "flash_decode", "ring_attention"]

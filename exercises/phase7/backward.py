@@ -1,0 +1,240 @@
+# Generated from solutions/phase7/backward.py by `make exercises`: fill in the TODOs below.
+# Regenerating never overwrites a file you have edited (unless forced).
+"""The backward pass of Phase 7's attention: Phase 4's three kernels, generalized the same way.
+
+- grouped-query attention: a K/V head serves GROUP query heads, so its dK and dV are sums over
+  the query heads of the group. One dK/dV program owns a block of keys of one K/V head and loops
+  over the group's query heads, accumulating on chip: no K/V is repeated per head, no per-head dK
+  is written and summed afterwards, and no two programs write the same rows (no atomics);
+- the band: query i sees key j iff j - WIN_RIGHT <= i <= j + WIN_LEFT, so a key block is seen by a
+  band of query blocks, found by the forward's `_key_range` with the roles of the two swapped;
+- soft-capping: the chain rule through c = softcap * tanh(s / softcap) multiplies dS by
+  dc/ds = 1 - tanh^2 = 1 - (c / softcap)^2, recomputed from the capped score itself;
+- an empty row (lse = -inf) must contribute nothing: its lse becomes +inf for exp2, so p = 0.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .forward import _key_range, _logits, _softcap_grad, _visible
+from .options import Options, attention_options, block_d, check_like, unit_last_stride
+
+
+@triton.jit
+def _bwd_preprocess(O, DO, LSE, LSE2, DELTA,
+                    stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don, H, N_Q,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    bh = tl.program_id(1)
+    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    in_q = offs_m < N_Q
+    ok = in_q[:, None] & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :], mask=ok, other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :],
+                 mask=ok, other=0.0)
+    lse = tl.load(LSE + bh.to(tl.int64) * N_Q + offs_m, mask=in_q, other=0.0)
+    # TODO(phase 7, delta): delta = rowsum(dO * O), and lse in base 2 for the main kernels' exp2
+    # Contract: as Phase 4 (DELTA and LSE2 float32 (B, H, N_Q) contiguous, one value per row < N_Q); a row
+    # that saw no key in the forward (lse = -inf) gets an lse2 for which exp2(s - lse2) is 0, not inf (the
+    # masks zero such a row's p too: this keeps every p finite before the mask, whatever path computes it).
+    tl.static_assert(False, "phase 7: delta = rowsum(dO * O), and lse in base 2 for the main kernels' exp2")
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, Q, DO, LSE2, DELTA, stride_qn, stride_don, offs_n, offs_d, lo, hi,
+                N_Q, N_K, WIN_LEFT, WIN_RIGHT, sm_scale, softcap,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASK: tl.constexpr, SOFTCAP: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """Add to dk, dv (BLOCK_N x BLOCK_D) the contribution of query rows lo..hi of one query head.
+
+    Transposed tiles (keys along rows) as in Phase 4. A query row past N_Q loads q = dO = 0 and
+    lse2 = +inf: its p is exactly 0. A key past N_K (in a last, partial key block) gets garbage that
+    stays in its own row of dk and dv, which is never stored.
+    """
+    d_ok = offs_d < HEAD_DIM
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        in_q = offs_m < N_Q
+        qT = tl.load(Q + offs_m[None, :] * stride_qn + offs_d[:, None], mask=in_q[None, :] & d_ok[:, None], other=0.0)
+        do = tl.load(DO + offs_m[:, None] * stride_don + offs_d[None, :], mask=in_q[:, None] & d_ok[None, :],
+                     other=0.0)
+        lse2 = tl.load(LSE2 + offs_m, mask=in_q, other=float("inf"))
+        delta = tl.load(DELTA + offs_m, mask=in_q, other=0.0)
+        # TODO(phase 7, dkdv-tile): this query block's contribution to dk and dv, through the cap and the band
+        # Contract: Phase 4's tile (P^T recomputed from k, q and lse2; dV += P^T dO; dS^T = P^T (dP^T - delta);
+        # dK += dS^T Q, sm_scale applied later), with the scores of the forward (`_logits`), pairs outside the
+        # band or past N_K weighing exactly 0 when MASK, and dS multiplied by the cap's derivative when SOFTCAP.
+        tl.static_assert(False, "phase 7: this query block's contribution to dk and dv, through the cap and the band")
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv(Q, K, V, DO, LSE2, DELTA, DK, DV, sm_scale, softcap,
+              stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+              stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+              stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+              H, GROUP, N_Q, N_K, WIN_LEFT, WIN_RIGHT,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              SOFTCAP: tl.constexpr, PRECISION: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    bhk = tl.program_id(1)
+    H_KV = H // GROUP
+    b, hk = (bhk // H_KV).to(tl.int64), (bhk % H_KV).to(tl.int64)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_ok = (offs_n[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM)
+    k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_ok,
+                other=0.0)
+    v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_ok,
+                other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    # TODO(phase 7, dkdv-group): dK and dV of this K/V head: the sum over the GROUP query heads it serves
+    # Contract: every query row of every head of the group that sees a key of this block is visited exactly
+    # once (the masked edges with MASK=True, the whole blocks without); query blocks that see none of these
+    # keys are never loaded; the sum stays on chip (no copy of K/V, no per-head dK written and summed later).
+    tl.static_assert(False, "phase 7: dK and dV of this K/V head: the sum over the GROUP query heads it serves")
+    dk *= sm_scale  # s = sm_scale * q k^T (before the cap): dK = sm_scale * dS^T q
+    tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=kv_ok)
+    tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=kv_ok)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, lo, hi,
+              N_K, WIN_LEFT, WIN_RIGHT, sm_scale, softcap,
+              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr, SOFTCAP: tl.constexpr,
+              PRECISION: tl.constexpr):
+    """Add to dq (BLOCK_M x BLOCK_D) the contribution of keys lo..hi (MASK: the band's edges, the end of K)."""
+    d_ok = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if MASK:
+            kv_ok = d_ok[:, None] & (offs_n[None, :] < N_K)
+        else:
+            kv_ok = d_ok[:, None]
+        kT = tl.load(K + offs_n[None, :] * stride_kn + offs_d[:, None], mask=kv_ok, other=0.0)
+        vT = tl.load(V + offs_n[None, :] * stride_vn + offs_d[:, None], mask=kv_ok, other=0.0)
+        # TODO(phase 7, dq-tile): this key block's contribution to dq, through the cap and the band
+        # Contract: Phase 4's tile (P from q, k and lse2; dS = P (dP - delta); dQ += dS K, sm_scale applied
+        # later), with the forward's scores, pairs outside the band or past N_K weighing exactly 0 when MASK,
+        # and dS multiplied by the cap's derivative when SOFTCAP.
+        tl.static_assert(False, "phase 7: this key block's contribution to dq, through the cap and the band")
+    return dq
+
+
+@triton.jit
+def _bwd_dq(Q, K, V, DO, LSE2, DELTA, DQ, sm_scale, softcap,
+            stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+            stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+            stride_dqb, stride_dqh, stride_dqn,
+            H, GROUP, N_Q, N_K, WIN_LEFT, WIN_RIGHT,
+            HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+            SOFTCAP: tl.constexpr, PRECISION: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+    hk = h // GROUP
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    in_q = offs_m < N_Q
+    ok = in_q[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :], mask=ok, other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :], mask=ok,
+                 other=0.0)
+    lse2 = tl.load(LSE2 + bh.to(tl.int64) * N_Q + offs_m, mask=in_q, other=float("inf"))
+    delta = tl.load(DELTA + bh.to(tl.int64) * N_Q + offs_m, mask=in_q, other=0.0)
+    K += b * stride_kb + hk * stride_kh
+    V += b * stride_vb + hk * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo, full_lo, full_hi, hi = _key_range(start_m, N_Q, N_K, WIN_LEFT, WIN_RIGHT, BLOCK_M, BLOCK_N)
+    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, lo, full_lo,
+                   N_K, WIN_LEFT, WIN_RIGHT, sm_scale, softcap, HEAD_DIM, BLOCK_N, True, SOFTCAP, PRECISION)
+    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, full_lo, full_hi,
+                   N_K, WIN_LEFT, WIN_RIGHT, sm_scale, softcap, HEAD_DIM, BLOCK_N, False, SOFTCAP, PRECISION)
+    dq = _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, full_hi, hi,
+                   N_K, WIN_LEFT, WIN_RIGHT, sm_scale, softcap, HEAD_DIM, BLOCK_N, True, SOFTCAP, PRECISION)
+    dq *= sm_scale
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=ok)
+
+
+# ---------------------------------------------------------------------------- host side
+# ((BLOCK_M1, BLOCK_N1, warps, stages) of the dK/dV kernel, (BLOCK_M2, BLOCK_N2, warps, stages) of dQ),
+# per padded head dim. Up to 128: Phase 4's tuned choices; 256 holds BLOCK_N x 256 float32 dk and dv
+# (dK/dV) or BLOCK_M x 256 dq (dQ) in registers, hence the narrow tiles.
+CONFIGS_SM90 = {16: ((32, 128, 4, 3), (128, 64, 8, 3)), 32: ((32, 128, 4, 3), (128, 64, 8, 3)),
+                64: ((32, 128, 4, 3), (128, 64, 8, 3)), 128: ((32, 64, 4, 3), (64, 32, 4, 4)),
+                256: ((16, 32, 4, 2), (32, 32, 4, 2))}
+CONFIGS_SM80 = {d: ((32, 64, 4, 2), (64, 32, 4, 2)) for d in (16, 32, 64, 128)} | {256: ((16, 32, 4, 2),
+                                                                                        (32, 16, 4, 2))}
+CONFIG_FP32 = {d: ((16, 32, 4, 2), (32, 16, 4, 2)) for d in (16, 32, 64, 128)} | {256: ((16, 16, 4, 1),
+                                                                                       (16, 16, 4, 1))}
+CONFIG_INTERPRETER = ((16, 32, 1, 1), (32, 16, 1, 1))
+PRE_BLOCK = 32
+
+
+def backward_config(q) -> tuple:
+    if q.device.type != "cuda":
+        return CONFIG_INTERPRETER
+    bd = block_d(q.shape[-1])
+    if q.dtype == torch.float32:
+        return CONFIG_FP32[bd]
+    return (CONFIGS_SM90 if torch.cuda.get_device_capability(q.device)[0] >= 9 else CONFIGS_SM80)[bd]
+
+
+def attention_backward(do, q, k, v, o, lse, opts: Options, grad_dtype=None, config=None):
+    """(dq, dk, dv) for checked inputs; gradients in `grad_dtype` (default: the inputs'; ring attention
+    asks for float32, which it sums over the ring before rounding)."""
+    B, H, N_Q, D = q.shape
+    H_kv, N_K = k.shape[1], k.shape[2]
+    q, k, v, o, do = (unit_last_stride(x) for x in (q, k, v, o, do))
+    lse = lse.to(torch.float32).contiguous()
+    (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = config or backward_config(q)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    bd = block_d(D)
+    softcap = opts.softcap or 1.0
+
+    lse2 = torch.empty((B, H, N_Q), device=q.device, dtype=torch.float32)
+    delta = torch.empty_like(lse2)
+    _bwd_preprocess[(triton.cdiv(N_Q, PRE_BLOCK), B * H)](
+        o, do, lse, lse2, delta, *o.stride()[:3], *do.stride()[:3], H, N_Q,
+        HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=PRE_BLOCK)
+
+    dtype = grad_dtype or q.dtype
+    dq = torch.empty(q.shape, dtype=dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=dtype, device=q.device)
+    dv = torch.empty(v.shape, dtype=dtype, device=q.device)
+    _bwd_dkdv[(triton.cdiv(N_K, n1), B * H_kv)](
+        q, k, v, do, lse2, delta, dk, dv, opts.sm_scale, softcap,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
+        H, opts.group, N_Q, N_K, opts.left, opts.right,
+        HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=m1, BLOCK_N=n1, SOFTCAP=opts.softcap > 0, PRECISION=precision,
+        num_warps=warps1, num_stages=stages1)
+    _bwd_dq[(triton.cdiv(N_Q, m2), B * H)](
+        q, k, v, do, lse2, delta, dq, opts.sm_scale, softcap,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+        H, opts.group, N_Q, N_K, opts.left, opts.right,
+        HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=m2, BLOCK_N=n2, SOFTCAP=opts.softcap > 0, PRECISION=precision,
+        num_warps=warps2, num_stages=stages2)
+    return dq, dk, dv
+
+
+def check_backward_inputs(do, q, o, lse) -> None:
+    check_like(do, "do", q, "q")
+    check_like(o, "o", q, "q")
+    check_like(lse, "lse", q, "q", shape=q.shape[:3], dtypes=(torch.float32, torch.float64))
+
+
+def flash_attention_backward(do, q, k, v, o, lse, causal=False, sm_scale=None, window=None, softcap=None,
+                             config=None):
+    """(dq, dk, dv) of `flash_attention_forward`'s o, from dO, the inputs, o and its lse.
+
+    The options mean what they mean in the forward. dk and dv have k's shape (B, H_kv, Nk, D): each is the
+    sum over the query heads of its group. Nothing of size Nq x Nk is allocated, nothing of K/V repeated.
+    """
+    opts = attention_options(q, k, v, causal, sm_scale, window, softcap)
+    check_backward_inputs(do, q, o, lse)
+    return attention_backward(do, q, k, v, o, lse, opts, config=config)

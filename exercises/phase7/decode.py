@@ -1,0 +1,188 @@
+# Generated from solutions/phase7/decode.py by `make exercises`: fill in the TODOs below.
+# Regenerating never overwrites a file you have edited (unless forced).
+"""Decoding with a KV cache: one new token (or a few) per sequence against everything cached so far.
+
+A decode step has almost no queries: B * H rows of one token each. Phase 3's grid (one program per
+block of query rows) would launch B * H programs that each stream a whole cache: at batch 1 that is
+a few dozen programs on a GPU with 132 SMs, and the step runs at a fraction of the memory bandwidth,
+which is all that matters here (every cached K/V element is read once and used for a handful of
+FLOPs). Split-KV (flash-decoding) restores the parallelism:
+
+- each program takes one split of the cache (a contiguous range of keys) for one K/V head, and the
+  GROUP query heads that share that K/V head together (their rows packed into one tile: with GQA
+  the cache is read once per K/V head, not once per query head);
+- each split writes its partial (o, lse) in float32;
+- a second kernel merges the splits of each row through their logsumexps: Phase 3's
+  `merge_partials`, for S partials at once (`merge_splits_with_partials` below does it with
+  `merge_partials` itself, pairwise; the lesson measures why one fused kernel is needed at batch 1).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..phase3 import merge_partials
+from .forward import _attn_fwd_inner, _empty_state
+from .options import UNBOUNDED, block_d, check_heads, check_sm_scale, next_power_of_2, unit_last_stride
+
+
+@triton.jit
+def _decode_split(Q, K, V, SEQLENS, O_PART, LSE_PART, sm_scale,
+                  stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                  H_KV, GROUP, N_Q, TOTAL_ROWS, NUM_SPLITS, BIG,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
+    split = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b, hk = (bhk // H_KV).to(tl.int64), (bhk % H_KV).to(tl.int64)
+    # Packed rows: row r of this K/V head is query head hk * GROUP + r // N_Q at position r % N_Q.
+    rows_per_head = GROUP * N_Q
+    rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < rows_per_head
+    h = hk * GROUP + rows // N_Q
+    pos = rows % N_Q
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + h[:, None] * stride_qh + pos[:, None] * stride_qn + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    K += b * stride_kb + hk * stride_kh
+    V += b * stride_vb + hk * stride_vh
+    seqlen = tl.load(SEQLENS + b)
+    m_i, l_i, acc = _empty_state(BLOCK_M, BLOCK_D)
+    # TODO(phase 7, split): this program's share of sequence b's cache, through the online softmax
+    # Contract: the NUM_SPLITS splits of a sequence partition its keys 0 .. seqlen - 1 (this sequence's own
+    # length, not the cache's capacity) into contiguous ranges, each starting on a multiple of BLOCK_N;
+    # none is read twice, none past seqlen (a split may be empty); whole blocks go unmasked. Phase 3's
+    # inner loop (`_attn_fwd_inner`, its band unbounded: BIG) does the streaming.
+    tl.static_assert(False, "phase 7: this program's share of sequence b's cache, through the online softmax")
+    # The split's partial (o, lse) in float32; an empty split (or a sequence of length 0) writes o = 0 and
+    # lse = -inf, which weighs nothing in the merge.
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    flat = split.to(tl.int64) * TOTAL_ROWS + bhk.to(tl.int64) * rows_per_head + rows  # = (b * H + h) * N_Q + pos
+    tl.store(O_PART + flat[:, None] * HEAD_DIM + offs_d[None, :], acc / l_safe[:, None],
+             mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSE_PART + flat, tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453),
+             mask=row_ok)
+
+
+@triton.jit
+def _combine_splits(O_PART, LSE_PART, O, stride_ob, stride_oh, stride_on, H, N_Q, TOTAL_ROWS, NUM_SPLITS,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # (b * H + h) * N_Q + pos
+    b, h, pos = row // (H * N_Q), (row // N_Q) % H, row % N_Q
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_ok = offs_s < NUM_SPLITS
+    d_ok = offs_d < HEAD_DIM
+    lse = tl.load(LSE_PART + offs_s * TOTAL_ROWS + row, mask=s_ok, other=float("-inf"))
+    o_parts = tl.load(O_PART + (offs_s[:, None] * TOTAL_ROWS + row) * HEAD_DIM + offs_d[None, :],
+                      mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    # TODO(phase 7, combine): merge the NUM_SPLITS partials of this row into its attention output
+    # Contract: Phase 3's merge_partials for all splits at once: each split weighs exp(lse_s - lse) where
+    # lse = logsumexp over the splits; no overflow for any finite lse; an empty split (lse = -inf) weighs 0;
+    # a row whose splits are all empty (a sequence of length 0) gets o = 0, never NaN. o in O's dtype.
+    tl.static_assert(False, "phase 7: merge the NUM_SPLITS partials of this row into its attention output")
+    tl.store(O + b * stride_ob + h * stride_oh + pos * stride_on + offs_d, o.to(O.dtype.element_ty), mask=d_ok)
+
+
+# Each split should stream at least this many keys: fewer, and the writes and merge of the partials
+# cost more than the parallelism gains.
+MIN_SPLIT_KEYS = 256
+MAX_SPLITS = 128
+
+
+def choose_num_splits(programs: int, n_max: int, device) -> int:
+    """Enough splits for about two programs per SM, each split at least MIN_SPLIT_KEYS long."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    want = triton.cdiv(2 * sms, programs)
+    return max(1, min(want, triton.cdiv(n_max, MIN_SPLIT_KEYS), MAX_SPLITS))
+
+
+def decode_config(q) -> tuple:
+    """(BLOCK_N, num_warps, num_stages) of the split kernel."""
+    if q.device.type != "cuda":
+        return 16, 1, 1
+    bd = block_d(q.shape[-1])
+    if q.dtype == torch.float32:
+        return 32, 4, 2
+    # Memory-bound: what matters is bytes in flight per SM. 64-key tiles in 3 stages (96 KB at D=128) let
+    # two programs share an SM (the grid aims at two per SM); D=256 halves the tile.
+    big_smem = torch.cuda.get_device_capability(q.device)[0] >= 9
+    return (32 if bd >= 256 else 64), 4, (3 if big_smem else 2)
+
+
+def _check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits):
+    group = check_heads(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"))
+    if not isinstance(cache_seqlens, torch.Tensor):
+        raise TypeError(f"cache_seqlens must be a torch.Tensor of lengths, got {type(cache_seqlens).__name__}")
+    if cache_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cache_seqlens must hold int32 or int64 lengths, got {cache_seqlens.dtype}")
+    if tuple(cache_seqlens.shape) != (q.shape[0],):
+        raise ValueError(f"cache_seqlens must have shape (B,) = ({q.shape[0]},), got {tuple(cache_seqlens.shape)}")
+    if cache_seqlens.device != q.device:
+        raise ValueError(f"cache_seqlens is on {cache_seqlens.device}, q on {q.device}")
+    n_max = k_cache.shape[2]
+    # One small device-to-host copy: a length past the cache would read other memory, silently.
+    low, high = int(cache_seqlens.min()), int(cache_seqlens.max())
+    if low < 0 or high > n_max:
+        raise ValueError(f"cache_seqlens must lie in 0 .. N_max = {n_max} (the cache's length), got values "
+                         f"from {low} to {high}")
+    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
+                                   or not 1 <= num_splits <= 1024):
+        raise ValueError(f"num_splits must be None or an int in 1 .. 1024, got {num_splits!r}")
+    return group
+
+
+def decode_partials(q, k_cache, v_cache, cache_seqlens, sm_scale=None, num_splits=None, config=None):
+    """The split kernel alone: (o_part (S, B*H*Nq, D) float32, lse_part (S, B*H*Nq) float32, S)."""
+    group = _check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits)
+    sm_scale = check_sm_scale(sm_scale, q.shape[-1])
+    B, H, N_Q, D = q.shape
+    H_kv, n_max = k_cache.shape[1], k_cache.shape[2]
+    q, k_cache, v_cache = (unit_last_stride(x) for x in (q, k_cache, v_cache))
+    rows_per_head = group * N_Q
+    block_m = max(16, min(64, next_power_of_2(rows_per_head)))
+    row_blocks = triton.cdiv(rows_per_head, block_m)
+    splits = num_splits or choose_num_splits(B * H_kv * row_blocks, n_max, q.device)
+    block_n, num_warps, num_stages = config or decode_config(q)
+    total_rows = B * H * N_Q
+    o_part = torch.empty((splits, total_rows, D), dtype=torch.float32, device=q.device)
+    lse_part = torch.empty((splits, total_rows), dtype=torch.float32, device=q.device)
+    _decode_split[(splits, B * H_kv, row_blocks)](
+        q, k_cache, v_cache, cache_seqlens.to(torch.int32), o_part, lse_part, sm_scale,
+        *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3],
+        H_kv, group, N_Q, total_rows, splits, UNBOUNDED,
+        HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=block_m, BLOCK_N=block_n,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
+    return o_part, lse_part, splits
+
+
+def flash_decode(q, k_cache, v_cache, cache_seqlens, sm_scale=None, num_splits=None):
+    """Attention of a few new query tokens per sequence over a KV cache, split across programs.
+
+    q: (B, H, Nq, D), Nq small (1 for plain decoding); k_cache, v_cache: (B, H_kv, N_max, D), H_kv dividing H;
+    cache_seqlens: (B,) int32/int64 on q's device, 0 <= cache_seqlens[b] <= N_max. Every query row of
+    sequence b attends to keys 0 .. cache_seqlens[b] - 1 of its cache (the new tokens' own K/V already
+    appended; no mask among them). num_splits: how many programs share one sequence's cache (None: enough
+    to fill the GPU, from the shape). Returns o (B, H, Nq, D) in q's dtype; a sequence of length 0 gets 0.
+    Not differentiable (decoding needs no gradient).
+    """
+    o_part, lse_part, splits = decode_partials(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits)
+    B, H, N_Q, D = q.shape
+    o = torch.empty((B, H, N_Q, D), dtype=q.dtype, device=q.device)
+    _combine_splits[(B * H * N_Q,)](
+        o_part, lse_part, o, *o.stride()[:3], H, N_Q, B * H * N_Q, splits,
+        HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_S=max(2, next_power_of_2(splits)), num_warps=1 if D <= 64 else 4)
+    return o
+
+
+def merge_splits_with_partials(o_part, lse_part):
+    """The splits merged with Phase 3's merge_partials itself: halves of the splits at a time (log2 S calls,
+    each a dozen PyTorch operations). Same result as `_combine_splits`; the lesson times both."""
+    while o_part.shape[0] > 1:
+        half = o_part.shape[0] // 2
+        o, lse = merge_partials(o_part[:half], lse_part[:half], o_part[half:2 * half], lse_part[half:2 * half])
+        o_part = torch.cat([o, o_part[2 * half:]])
+        lse_part = torch.cat([lse, lse_part[2 * half:]])
+    return o_part[0], lse_part[0]
+
