@@ -12,7 +12,6 @@ returns the per-rank results. A rank that raises returns its error instead; rank
 in `timeout` seconds (a send without its receive hangs forever) are killed and reported.
 """
 import importlib
-import os
 import socket
 import tempfile
 import traceback

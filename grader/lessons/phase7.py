@@ -8,7 +8,6 @@
 The GPU measurements time the reference solution (solutions/phase7) against SDPA and FlexAttention in
 the same process, with `triton.testing.do_bench` medians (grader/timing.py).
 """
-import os
 import sys
 import time
 
