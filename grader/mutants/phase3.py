@@ -71,7 +71,8 @@ MUTANTS = [
            "o stored without the row mask: rows past N_Q written past the tensor's end",
            killed_by="the interpreter's bounds check (grader/bounds.py)"),
     Mutant("p3-k-with-q-strides", FWD,
-           (("k_base = K + off_b * stride_kb + off_h * stride_kh", "k_base = K + off_b * stride_qb + off_h * stride_qh"),),
+           (("k_base = K + off_b * stride_kb + off_h * stride_kh",
+             "k_base = K + off_b * stride_qb + off_h * stride_qh"),),
            "k's batch/head offset computed with q's strides (copy-paste)"),
     # ---------------------------------------------------------------- set-up and launch
     Mutant("p3-grid-one-head", FWD,
@@ -86,7 +87,8 @@ MUTANTS = [
            "pid decoded with the roles swapped (the quotient taken as the query block), against the host's "
            "numbering: query blocks of one head are consecutive programs"),
     Mutant("p3-v-passed-k-strides", FWD,
-           (("v.stride(0), v.stride(1), v.stride(2), o.stride(0)", "k.stride(0), k.stride(1), k.stride(2), o.stride(0)"),),
+           (("v.stride(0), v.stride(1), v.stride(2), o.stride(0)",
+             "k.stride(0), k.stride(1), k.stride(2), o.stride(0)"),),
            "the launch passes k's strides for v (copy-paste): right only when k and v share a layout",
            killed_by="test_forward[fp16-causal-Nq40-Nk70-mixed-layouts] (added: k and v always shared strides)"),
     Mutant("p3-o-passed-q-strides", FWD,

@@ -36,7 +36,8 @@ def softmax_input(shape, dtype, scale, offset, layout, device, gen):
     if layout == "transposed":  # rows of x are columns of a contiguous tensor
         x = randn(tuple(reversed(shape)), torch.float32, device, gen, scale).transpose(0, 1)
     elif layout == "padded":  # rows 37 elements further apart than their width: the row stride is not the width
-        x = randn((*shape[:-1], shape[-1] + 37), torch.float32, device, gen, scale)[..., :shape[-1]]
+        wide = randn((*shape[:-1], shape[-1] + 37), torch.float32, device, gen, scale)
+        return (wide + offset).to(FLOAT[dtype])[..., :shape[-1]]  # sliced last: x + offset would be compact
     else:
         x = randn(shape, torch.float32, device, gen, scale)
     return (x + offset).to(FLOAT[dtype])
