@@ -50,36 +50,36 @@ check-solutions: $(SETUP) ## every phase both ways: solutions get full marks, un
 	@$(PY) -m grader check-solutions
 
 test: $(SETUP) ## everything CI runs: stale-exercises check, check-solutions, the mutation suite, the course's own tests [STRICT=1]
-	$(PY) -m grader.generate --check $(if $(STRICT),--strict,)
+	$(PY) -m grader.instructor.generate --check $(if $(STRICT),--strict,)
 	$(PY) -m grader check-solutions
-	$(PY) -m grader.mutants
-	$(PY) -m pytest grader/tests -q
+	$(PY) -m grader.instructor.mutants
+	$(PY) -m pytest grader/instructor/tests -q
 
 mutants: $(SETUP) ## grade realistic bugs planted in copies of solutions/: each must lose points [PHASES=0-2 RECORD=1]
-	$(PY) -m grader.mutants $(if $(PHASES),--phases $(PHASES),) $(if $(RECORD),--record,)
+	$(PY) -m grader.instructor.mutants $(if $(PHASES),--phases $(PHASES),) $(if $(RECORD),--record,)
 
 exercises: $(SETUP) ## regenerate exercises/ from solutions/ (edited files are kept unless FORCE=1)
-	$(PY) -m grader.generate $(if $(FORCE),--force,)
+	$(PY) -m grader.instructor.generate $(if $(FORCE),--force,)
 
 measure: $(SETUP) ## GPU only: run the lessons' measurements [PHASE=N] (device ceilings, kernels vs SDPA) into assets/
-	$(PY) -m grader.measure $(if $(PHASE),phase$(PHASE),$(COURSE_PHASES:%=phase%))
+	$(PY) -m grader.lessons.measure $(if $(PHASE),phase$(PHASE),$(COURSE_PHASES:%=phase%))
 
 figures: $(SETUP) ## redraw the plots and tables of lessons and README from the data in assets/
-	$(PY) -m grader.figures
+	$(PY) -m grader.lessons.figures
 
 lint: $(SETUP) ## ruff over the course's code
 	$(PY) -m ruff check grader solutions
 
 release: ## write the student copy (no solutions/, hidden tests stripped) to build/release/ and build/release.tar.gz [PHASES=0-2]
-	python3 -m grader.release $(if $(PHASES),--phases $(PHASES),)
+	python3 -m grader.instructor.release $(if $(PHASES),--phases $(PHASES),)
 
 nbgrader: $(SETUP) ## write an nbgrader course, one assignment per phase, to build/nbgrader/ [PHASES=0-2 NBGRADER_DIR=dir]
 	@$(PY) -c 'import nbgrader' 2>/dev/null || $(PY) -m pip install -q -e ".[nbgrader]"
-	$(PY) -m grader.nbgrade $(if $(PHASES),--phases $(PHASES),) $(if $(NBGRADER_DIR),--out $(NBGRADER_DIR),)
+	$(PY) -m grader.instructor.nbgrade $(if $(PHASES),--phases $(PHASES),) $(if $(NBGRADER_DIR),--out $(NBGRADER_DIR),)
 
 grade-all: $(SETUP) ## grade every submission: SUBMISSIONS=DIR PHASE=N [TIMEOUT=s JOBS=j] -> gradebook CSV
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade-all SUBMISSIONS=DIR PHASE=N (one folder per submission, shaped like exercises/)"; exit 2; }
-	@$(PY) -m grader.grade_all --submissions "$(SUBMISSIONS)" --phase $(PHASE) \
+	@$(PY) -m grader.instructor.grade_all --submissions "$(SUBMISSIONS)" --phase $(PHASE) \
 		$(if $(TIMEOUT),--timeout $(TIMEOUT),) $(if $(JOBS),--jobs $(JOBS),) $(if $(OUT),--out $(OUT),)
 
 clean: ## remove reports and caches (keeps .venv)

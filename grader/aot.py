@@ -18,10 +18,12 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 
-from grader import usage
+from grader import impl, settings, usage
 from grader.impl import ROOT
 
 ARCHS = (80, 90)
+# Bytes of shared memory one program may opt into, per architecture (A100, H100).
+SHARED_LIMIT = {"sm_80": 166912, "sm_90": 232448}
 
 
 @dataclass
@@ -35,18 +37,44 @@ class KernelSpec:
     num_stages: int = 3
     label: str = ""                  # shown in the report, e.g. "fp16, BLOCK=1024"
     archs: tuple = ARCHS             # e.g. (90,) for code that needs Hopper (tensor descriptors)
+    runs_on: tuple | None = None     # the archs whose GPUs launch this configuration (a Hopper-sized
+                                     # tile is compiled for sm_80 too, to catch errors, but never runs
+                                     # there); None: every arch it is compiled for
 
 
 def compile_all(phase: int, tree: str, specs: list[KernelSpec], timeout: int = 300) -> list[dict]:
     usage.note_modules(s.module for s in specs)  # these points belong to the functions of these modules
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["FA_IMPL"] = tree
+    env[settings.IMPL.name] = tree
     request = json.dumps({"phase": phase, "specs": [asdict(s) for s in specs]})
     proc = subprocess.run([sys.executable, "-m", "grader.aot"], input=request, capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"the compile tier's child process failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_compiles(phase: int, specs: list[KernelSpec], record_property, no_spills: bool = False) -> list[dict]:
+    """The compile tier's test, for every phase: compile `specs` for their archs, put the results
+    (registers, spills, shared memory) in the report, and fail on the first kernel that
+    - does not compile,
+    - needs more shared memory than one program may use on a GPU that launches it (SHARED_LIMIT),
+    - with `no_spills`, spills registers to local memory (the tile does not fit in registers)."""
+    results = compile_all(phase, impl.tree(), specs)
+    record_property("compiled", results)
+    for r in results:
+        if "error" in r:
+            raise AssertionError(f"{r['kernel']} [{r['label']}] does not compile for {r['arch']}: {r['error']}")
+    for r in results:
+        if r["runs_here"] and r["shared_bytes"] > SHARED_LIMIT[r["arch"]]:
+            raise AssertionError(f"{r['kernel']} [{r['label']}] needs {r['shared_bytes']} B of shared memory, "
+                                 f"more than {r['arch']}'s {SHARED_LIMIT[r['arch']]} B")
+    spilled = [r for r in results if r.get("spill_bytes")] if no_spills else []
+    if spilled:
+        r = spilled[0]
+        raise AssertionError(f"{r['kernel']} [{r['label']}] spills {r['spill_bytes']} B per thread on {r['arch']}: "
+                             "the tile does not fit in registers")
+    return results
 
 
 def _cuobjdump() -> str | None:
@@ -131,14 +159,15 @@ def _compile_one(phase: int, spec: dict, arch: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    tree = os.environ.get("FA_IMPL", "exercises")
+    tree = settings.IMPL.get()
     module = importlib.import_module(f"{tree}.phase{phase}.{spec['module']}")
     from triton.runtime.jit import JITFunction
 
     kernel = getattr(module, spec["kernel"])
     while not isinstance(kernel, JITFunction):  # unwrap @triton.autotune / @triton.heuristics
         kernel = kernel.fn
-    result = {"kernel": spec["kernel"], "label": spec["label"], "arch": f"sm_{arch}"}
+    result = {"kernel": spec["kernel"], "label": spec["label"], "arch": f"sm_{arch}",
+              "runs_here": spec.get("runs_on") is None or arch in spec["runs_on"]}
     try:
         src = ASTSource(fn=kernel, signature=spec["signature"], constexprs=spec["constexprs"])
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
@@ -159,7 +188,7 @@ def _preload(phase: int, modules: set) -> None:
 
     import triton  # noqa: F401
 
-    tree = os.environ.get("FA_IMPL", "exercises")
+    tree = settings.IMPL.get()
     for module in sorted(modules):
         try:
             importlib.import_module(f"{tree}.phase{phase}.{module}")

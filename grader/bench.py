@@ -87,6 +87,25 @@ def describe(row: dict, baseline="flash") -> str:
             f"{row.get(f'{baseline}_tflops', float('nan')):.0f} = {row.get(f'ratio_vs_{baseline}', float('nan')):.2f}x")
 
 
+def bandwidth(candidate, nbytes: int, what: str, required: float, **extra) -> dict:
+    """The grade of a memory-bound kernel: time `candidate()`, which moves `nbytes` through HBM,
+    against a device-to-device copy on this GPU. A row for the report (ms, GB/s, the copy's GB/s,
+    their ratio, the ratio required, a summary line), for `assert_bandwidth`."""
+    copy_gbs = timing.copy_bandwidth_gbs()
+    ms = timing.median_ms(candidate)
+    gbs = timing.gbs(nbytes, ms)
+    ratio = gbs / copy_gbs
+    return {**extra, "ms": ms, "gbs": gbs, "copy_gbs": copy_gbs, "ratio": ratio, "required_ratio": required,
+            "summary": f"{what} {gbs:.0f} GB/s = {ratio:.0%} of copy {copy_gbs:.0f} GB/s (needs {required:.0%})",
+            "what": what}
+
+
+def assert_bandwidth(row: dict):
+    if not row["ratio"] >= row["required_ratio"]:  # NaN (a warm-up process) fails too
+        raise AssertionError(f"{row['what']} moved {row['gbs']:.0f} GB/s, {row['ratio']:.0%} of this device's copy "
+                             f"bandwidth {row['copy_gbs']:.0f} GB/s; needs at least {row['required_ratio']:.0%}")
+
+
 def assert_ratio(row: dict, minimum: float, baseline="flash"):
     ratio = row.get(f"ratio_vs_{baseline}")
     if ratio is None:

@@ -8,7 +8,7 @@ it, so a student sees what each change to their kernels did. The shapes are the 
 import pytest
 import torch
 
-from grader import bench, cost, impl
+from grader import bench, cost, impl, settings
 from grader.inputs import qkv, randn
 
 # phase -> (label, mode, function of (api, q, k, v, do, causal) returning a zero-argument callable)
@@ -37,9 +37,7 @@ for _phase in BACKWARD_PHASES:
 
 
 def _cases():
-    import os
-
-    phase = int(os.environ.get("FA_BENCH_PHASE", "3"))
+    phase = int(settings.BENCH_PHASE.get())
     causal_options = (False,) if phase in (1, 2) else (False, True)
     return [pytest.param(phase, label, mode, make, D, causal,
                          id=f"{label}-D{D}{'-causal' if causal else ''}")

@@ -19,6 +19,8 @@ import os
 import sys
 import threading
 
+from grader import settings
+
 _state = threading.local()  # the running launch: kernel name and its tensor arguments
 _writes: list[set] = []     # open `track_writes` collectors
 _installed = False
@@ -153,7 +155,7 @@ def checking() -> bool:
 def install() -> None:
     """Wrap the interpreter's loads, stores and atomics with the bounds check (idempotent)."""
     global _installed
-    if _installed or os.environ.get("FA_BOUNDS_CHECK") == "0":
+    if _installed or settings.BOUNDS_CHECK.get() == "0":
         return
     import numpy as np
 

@@ -107,7 +107,12 @@ def _find(todo: str, listed: list[dict]) -> dict:
     raise HintError(f"no TODO {todo!r} in this phase; choose one of: {choices}")
 
 
-def reveal(phase: int, todo: str, tree: Path) -> list[str]:
+def _verb(phase: int, verb: str | None) -> str:
+    """How the student asks for a hint, with `{k}` for the TODO: a make verb, or `fa.hint({k})` in a notebook."""
+    return verb or f"make hint PHASE={phase} TODO={{k}}"
+
+
+def reveal(phase: int, todo: str, tree: Path, verb: str | None = None) -> list[str]:
     """Take the next hint of one TODO; returns the lines to print (the levels taken so far)."""
     listed = todos(phase, tree)
     if not listed:
@@ -136,7 +141,7 @@ def reveal(phase: int, todo: str, tree: Path) -> list[str]:
     if not new:
         lines.append("That was the last hint for this TODO; the lesson (README.md) has the derivation.")
     elif len(got) < len(texts):
-        lines.append(f"The next call (make hint PHASE={phase} TODO={entry['number']}) reveals hint {len(got) + 1}.")
+        lines.append(f"The next call ({_verb(phase, verb).format(k=entry['number'])}) reveals hint {len(got) + 1}.")
     lines.append(f"Hints taken are recorded in {_state_path(phase, tree).relative_to(tree.parent)} and in the"
                  " grading report.")
     return lines
@@ -150,12 +155,13 @@ def _wrap(paragraph: str) -> list[str]:
     return textwrap.wrap(" ".join(line.strip() for line in raw), WIDTH - 2)
 
 
-def listing(phase: int, tree: Path) -> list[str]:
+def listing(phase: int, tree: Path, verb: str | None = None) -> list[str]:
     listed = todos(phase, tree)
     if not listed:
         return [f"phase {phase} has no TODOs in {tree / f'phase{phase}'}"]
     hints, state = load_hints(phase, tree), taken(phase, tree)
-    lines = [f"Phase {phase}: {len(listed)} TODOs. `make hint PHASE={phase} TODO=k` reveals the next hint of TODO k.",
+    lines = [f"Phase {phase}: {len(listed)} TODOs. `{_verb(phase, verb).format(k='k')}` reveals the next hint of "
+             "TODO k.",
              f"{'TODO':>4}  {'hints':<6} {'where':<24} what"]
     for entry in listed:
         available = sum(1 for lv in LEVELS if hints.get(entry["id"], {}).get(lv))

@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from grader import settings
+
 ROOT = Path(__file__).resolve().parent.parent
 TREES = ("exercises", "solutions")
 SUBMISSION_PREFIX = "fa_submission_"
@@ -78,7 +80,7 @@ def _refuse_solutions() -> None:
 
 def tree() -> str:
     """The importable name of the graded tree: exercises, solutions or a submission's package."""
-    name = os.environ.get("FA_IMPL", "exercises")
+    name = settings.IMPL.get()
     if name in TREES:
         return name
     if name.startswith(SUBMISSION_PREFIX) and (links_dir() / name).is_dir():  # a child process
@@ -95,7 +97,7 @@ def tree() -> str:
 
 def label() -> str:
     """What the report calls the graded tree: its name, or the submission directory's path."""
-    name = os.environ.get("FA_IMPL", "exercises")
+    name = settings.IMPL.get()
     return name if name in TREES or not Path(name).is_dir() else str(Path(name).resolve())
 
 
@@ -110,5 +112,5 @@ def load_module(phase: int, module: str):
 
 
 # A child process (the compile tier) grading a submission refuses the solutions from its start.
-if os.environ.get("FA_IMPL", "exercises") not in TREES:
+if settings.IMPL.get() not in TREES:
     _refuse_solutions()

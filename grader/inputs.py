@@ -1,4 +1,5 @@
 """Fresh random inputs for graded calls, and the check that bad input is refused clearly."""
+import math
 import re
 
 import torch
@@ -6,8 +7,19 @@ import torch
 FLOAT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+# Above this many elements a GPU case draws its values on the GPU: drawing 100 million normals on one
+# CPU core takes about a second, and the throughput tests make several such tensors each.
+DRAW_ON_DEVICE_FROM = 1 << 22
+
+
 def randn(shape, dtype, device, gen, scale=1.0):
-    """Normal values drawn on the CPU from `gen` (reproducible on any device), then moved."""
+    """Normal values drawn from `gen`: on the CPU, then moved (the same values on any device), or
+    for a large GPU tensor on the GPU, from a generator seeded by `gen` (reproducible on a GPU)."""
+    if str(device).startswith("cuda") and math.prod(shape) >= DRAW_ON_DEVICE_FROM:
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        on_device = torch.Generator(device=device).manual_seed(seed)
+        values = torch.randn(shape, generator=on_device, dtype=torch.float32, device=device)
+        return (values * scale).to(dtype=dtype)
     return (torch.randn(shape, generator=gen, dtype=torch.float32) * scale).to(dtype=dtype, device=device)
 
 

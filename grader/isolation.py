@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grader import messages, scoring
+from grader import messages, scoring, settings
 from grader.impl import ROOT
 
 PYTEST_OK = (0, 1, 5)  # all passed, some failed, nothing collected: the child finished normally
@@ -113,11 +113,11 @@ class Supervisor:
         progress = self.workdir / f"progress-{self.children}.jsonl"
         crash_log = self.workdir / f"crash-{self.children}.txt"
         cmd = [sys.executable, "-m", "pytest", *self.args, "--progress", str(progress), "-p", "no:faulthandler"]
-        env = dict(self.env, FA_CRASH_LOG=str(crash_log))
+        env = dict(self.env, **{settings.CRASH_LOG.name: str(crash_log)})
         if only is not None:
             (self.workdir / f"only-{self.children}.json").write_text(json.dumps(only))
             cmd += ["--only", str(self.workdir / f"only-{self.children}.json")]
-            env["FA_WARM_SHARDS"] = "0"  # the kernel cache is warm from the first child
+            env[settings.WARM_SHARDS.name] = "0"  # the kernel cache is warm from the first child
         out = subprocess.DEVNULL if quiet else None
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, preexec_fn=_die_with_parent)
         try:

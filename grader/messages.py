@@ -57,7 +57,9 @@ def describe(excinfo) -> str:
         found = TODO.search(str(link))
         if found:
             what = found.group(2).strip()
-            if what.endswith(("')", '")')):  # the interpreter reports AssertionError('phase N: ...')
+            # The interpreter reports AssertionError('phase N: ...'), inside one more InterpreterError(...)
+            # per @triton.jit helper between the kernel and the stub: strip every wrapper's end.
+            while what.endswith(("')", '")')):
                 what = what[:-2]
             return f"TODO phase {found.group(1)}: {what}"
     text = str(exc).strip().splitlines()

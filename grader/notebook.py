@@ -1,4 +1,4 @@
-"""Runs inside a Jupyter notebook of the nbgrader course (see grader/nbgrade.py).
+"""Runs inside a Jupyter notebook of the nbgrader course (see grader/instructor/nbgrade.py).
 
 The notebook's code cells are the phase's modules: a cell starting with `%%fa_module phase3/forward.py`
 is written to that file of a private package (a folder shaped like `exercises/`) and imported from
@@ -21,10 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from grader import runtime
+from grader import runtime, settings
 
 STATE: dict = {}
-TIMEOUT = float(os.environ.get("FA_NOTEBOOK_TIMEOUT", "1800"))
+TIMEOUT = float(settings.NOTEBOOK_TIMEOUT.get())
 
 
 def setup(phase: int) -> None:
@@ -36,7 +36,8 @@ def setup(phase: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix=f"fa-phase{phase}-notebook-"))
     atexit.register(shutil.rmtree, workdir, True)  # the kernel's files go when the kernel does
     STATE.update(phase=phase, workdir=workdir, runs={})
-    os.environ["FA_IMPL"] = str(workdir)  # grader.impl mounts it as a package of its own
+    os.environ[settings.IMPL.name] = str(workdir)  # grader.impl mounts it as a package of its own
+    _install_hints(workdir)
     try:
         from IPython import get_ipython
 
@@ -47,6 +48,39 @@ def setup(phase: int) -> None:
         shell.register_magic_function(_fa_module_magic, "cell", "fa_module")
     where = "on the GPU" if runtime.has_cuda() else "with the Triton interpreter (no GPU here)"
     print(f"Phase {phase}: kernels run {where}.")
+
+
+# The hints of the phases a notebook holds (nbgrade ships them as fa_course/hints/phaseN.toml), and
+# the record of the hints taken, kept beside the notebook (fa_hints/) so that it goes in with it.
+SHIPPED_HINTS = Path(__file__).resolve().parents[1] / "hints"
+HINTS_RECORD = "fa_hints"
+
+
+def _install_hints(workdir: Path) -> None:
+    from grader import hints
+
+    for toml in sorted(SHIPPED_HINTS.glob("phase*.toml")):
+        target = workdir / toml.stem / hints.HINTS_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(toml, target)
+    record = Path.cwd() / HINTS_RECORD
+    record.mkdir(exist_ok=True)
+    (workdir / hints.STATE_DIR).symlink_to(record, target_is_directory=True)
+
+
+def hint(todo=None) -> None:
+    """`fa.hint()` lists this phase's TODOs; `fa.hint(k)` reveals the next hint of TODO k, one level
+    per call (a question, the key formula, the shape of the code), recorded in fa_hints/ beside the
+    notebook. Run the code cells first: the TODOs are read from them."""
+    from grader import hints
+
+    phase, tree = STATE["phase"], STATE["workdir"]
+    try:
+        lines = hints.listing(phase, tree, "fa.hint({k})") if todo is None else \
+            hints.reveal(phase, str(todo), tree, "fa.hint({k})")
+    except hints.HintError as exc:
+        lines = [f"{exc} (run the code cells above first: the TODOs are read from them)"]
+    print("\n".join(lines))
 
 
 def _package_name() -> str:
@@ -104,7 +138,7 @@ def _fa_module_magic(line: str, cell: str):
 
 def _digest(extra: str = "") -> str:
     h = hashlib.sha256(extra.encode())
-    h.update(os.environ.get("FA_GRADER_SEED", "").encode())
+    h.update((settings.SEED.get() or "").encode())
     for path in sorted(STATE["workdir"].rglob("*.py")):
         if "__pycache__" not in path.parts:
             h.update(str(path.relative_to(STATE["workdir"])).encode() + path.read_bytes())

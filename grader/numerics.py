@@ -7,7 +7,6 @@ keeps the rule meaningful where PyTorch happens to be almost exact. gradcheck is
 probes finite differences in float64, which says nothing about a kernel's float16 rounding.
 """
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from grader import poison, runtime
 
@@ -29,32 +28,92 @@ def causal_visible(n_q: int, n_k: int, device) -> torch.Tensor:
     return torch.arange(n_k, device=device)[None, :] <= torch.arange(n_q, device=device)[:, None]
 
 
-def scores_logsumexp(q, k, causal=False, sm_scale=None):
-    """logsumexp over the keys of the scaled scores (masked when causal), in q's dtype: the lse that
-    Phase 3 returns, computed by PyTorch (a baseline in float32, the truth in float64)."""
-    sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
-    scores = torch.einsum("...id,...jd->...ij", q, k) * sm_scale
+def _visible(q, k, causal, visible):
+    """The keys each query may see, broadcastable to (..., Nq, Nk), or None when it is every key."""
     if causal:
-        scores = scores.where(causal_visible(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+        mask = causal_visible(q.shape[-2], k.shape[-2], q.device)
+        return mask if visible is None else mask & visible.to(q.device)
+    return None if visible is None else visible.to(q.device)
+
+
+def _query_heads(x, q):
+    """k or v with one head per query head: grouped-query attention shares each of its H_kv heads
+    among H / H_kv consecutive query heads (SDPA's enable_gqa, flash-attn's convention)."""
+    heads, kv_heads = q.shape[-3], x.shape[-3]
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads cannot share {kv_heads} key/value heads")
+    return x if heads == kv_heads else x.repeat_interleave(heads // kv_heads, dim=-3)
+
+
+def scaled_scores(q, k, sm_scale=None):
+    """q k^T * sm_scale in the inputs' dtype (a float64 truth for float64 inputs)."""
+    sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
+    return torch.einsum("...id,...jd->...ij", q, _query_heads(k, q)) * sm_scale
+
+
+def scores_logsumexp(q, k, causal=False, sm_scale=None, visible=None):
+    """logsumexp over the keys of the scaled scores (masked when causal or `visible` says so), in q's
+    dtype: the lse that Phase 3 returns, computed by PyTorch (a baseline in float32, the truth in
+    float64). A row that sees no key has lse -inf."""
+    scores = scaled_scores(q, k, sm_scale)
+    mask = _visible(q, k, causal, visible)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
     return torch.special.logsumexp(scores, dim=-1)
 
 
-def reference_attention(q, k, v, causal=False, sm_scale=None):
-    """(o, lse) in float64, with SDPA's semantics (top-left causal mask).
+def reference_attention(q, k, v, causal=False, sm_scale=None, *, visible=None, dropout_mask=None, dropout_p=0.0):
+    """(o, lse) in float64, with SDPA's semantics: the one reference every grader uses.
 
     o is SDPA's math backend run in float64 (plain ATen operations, differentiable, on any device);
-    lse comes from `scores_logsumexp`. `grader/tests/test_numerics.py` checks both once against the
-    explicit formula softmax(q k^T * sm_scale) v.
+    lse comes from `scores_logsumexp`. Beyond causal (top-left) and sm_scale:
+    - grouped-query attention: k and v may have fewer heads than q, dividing them;
+    - `visible`: booleans broadcastable to (..., Nq, Nk), True where a query may see a key (a
+      sliding window, the sequences of a packed batch); a row that sees no key gets o = 0, lse -inf;
+    - dropout: `dropout_mask` (booleans shaped like the scores, True = kept) scales the kept
+      probabilities by 1 / (1 - dropout_p), after the softmax; lse is that of the scores, before it.
+    `grader/instructor/tests/test_numerics.py` checks all of them against the explicit formula
+    softmax(q k^T * sm_scale) v.
     """
     q, k, v = (t.to(torch.float64) for t in (q, k, v))
-    with sdpa_kernel(SDPBackend.MATH):
-        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=sm_scale)
-    return o, scores_logsumexp(q, k, causal, sm_scale)
+    _query_heads(k, q)  # a clear error for heads that cannot be grouped
+    mask = _visible(q, k, causal, visible)
+    bias = None
+    if visible is not None:
+        # An additive mask: -inf where a key is hidden. A row that sees no key is computed over every
+        # key (finite values, finite gradients) and zeroed below, where its gradient stops.
+        empty = ~mask.any(dim=-1, keepdim=True)
+        bias = torch.zeros(mask.shape, dtype=torch.float64, device=q.device).masked_fill(~mask | empty, float("-inf"))
+        bias = bias.masked_fill(empty, 0.0)
+    o, probs = torch.ops.aten._scaled_dot_product_attention_math(
+        q, k, v, bias, 0.0, causal and bias is None, None, scale=sm_scale, enable_gqa=k.shape[-3] != q.shape[-3])
+    if dropout_mask is not None:
+        kept = probs * dropout_mask.to(device=q.device, dtype=torch.float64) / (1.0 - dropout_p)
+        o = torch.matmul(kept, _query_heads(v, q))
+    if bias is not None:
+        o = o.masked_fill(empty, 0.0)
+    return o, scores_logsumexp(q, k, causal, sm_scale, visible)
+
+
+def reference_gradients(q, k, v, do, causal=False, sm_scale=None, **options):
+    """(o, lse, dq, dk, dv) in float64: autograd through `reference_attention` (same options)."""
+    q64, k64, v64 = (t.detach().to(torch.float64).requires_grad_() for t in (q, k, v))
+    o64, lse64 = reference_attention(q64, k64, v64, causal, sm_scale, **options)
+    grads = torch.autograd.grad(o64, (q64, k64, v64), do.to(torch.float64))
+    return (o64.detach(), lse64.detach(), *grads)
 
 
 def sdpa(q, k, v, causal=False, sm_scale=None):
     """PyTorch's attention in the inputs' own precision: the baseline error to compare with."""
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=sm_scale)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=sm_scale,
+                                                            enable_gqa=k.shape[-3] != q.shape[-3])
+
+
+def sdpa_gradients(q, k, v, do, causal=False, sm_scale=None):
+    """(o, dq, dk, dv) by PyTorch in the inputs' own precision: the baseline error of each gradient."""
+    ql, kl, vl = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    o = sdpa(ql, kl, vl, causal, sm_scale)
+    return (o.detach(), *torch.autograd.grad(o, (ql, kl, vl), do))
 
 
 def _where(index: tuple[int, ...]) -> str:

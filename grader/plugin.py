@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from grader import bounds, hints, impl, messages, scoring, tiers, usage, warmup  # noqa: E402
+from grader import bounds, gpulock, hints, impl, messages, scoring, settings, tiers, usage, warmup  # noqa: E402
 
 PUBLIC_SEED = 0
 _CRASH_LOG = None  # kept open for faulthandler
@@ -45,22 +45,23 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "tier(name): compile, gpu or throughput (default: correctness)")
     if runtime.interpreting():
         bounds.install()  # an unmasked store is named, instead of corrupting the heap
-    if os.environ.get("FA_CRASH_LOG") and config.getoption("progress") and not config.getoption("warm_shard"):
+    if settings.CRASH_LOG.is_set() and config.getoption("progress") and not config.getoption("warm_shard"):
         # grader.isolation reads the Python traceback of a crash here, to name the kernel line
         import faulthandler
 
         global _CRASH_LOG
-        _CRASH_LOG = open(os.environ["FA_CRASH_LOG"], "w")
+        _CRASH_LOG = open(settings.CRASH_LOG.get(), "w")
         faulthandler.enable(_CRASH_LOG)
     if config.getoption("warm_shard"):
         from grader import timing
 
         timing.compile_only = True  # a warm-up process compiles; it does not time (see grader.warmup)
+        os.nice(5)  # the graded run beside it comes first for the CPU
     config.pluginmanager.register(GradingSession(config), "grading-session")
 
 
 def base_seed() -> tuple[int, str]:
-    secret = os.environ.get("FA_GRADER_SEED")
+    secret = settings.SEED.get()
     return (int(secret), "secret") if secret else (PUBLIC_SEED, "public")
 
 
@@ -88,6 +89,30 @@ def api(request):
     """The graded phase's package (exercises.phaseN or solutions.phaseN), noting which functions a
     test uses (a function caught cheating loses the points of every test that uses it)."""
     return usage.RecordingAPI(impl.load(request.module.PHASE))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Tests of the gpu tier share the GPU with other gradings (see grader.gpulock); a throughput
+    test's timings take it alone, one timing at a time (grader.timing.median_ms). In a warm-up
+    process a throughput test times nothing, and shares too."""
+    shares = ("gpu", "throughput") if item.config.getoption("warm_shard") else ("gpu",)
+    if tiers.of(item) not in shares or not runtime.has_cuda():
+        return (yield)
+    with gpulock.hold(exclusive=False):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Give the GPU memory this test is done with back to the device: other gradings may be running
+    on the same GPU (grader.gpulock), and PyTorch's allocator would otherwise keep it."""
+    result = yield
+    if tiers.of(item) in ("gpu", "throughput") and runtime.has_cuda():
+        import torch
+
+        torch.cuda.empty_cache()
+    return result
 
 
 def _points(item) -> float:
@@ -142,6 +167,9 @@ class GradingSession:
         path = None if config.getoption("warm_shard") else config.getoption("progress")
         self.progress = Progress(path) if path else None
         self.gpu_fault = None
+        self.warm = None  # a grader.warmup.Background beside the graded run
+        self.warm_queue: dict[str, int] = {}
+        self.claimed: set[str] = set()  # a warm-up process: the tests it took
         if self.progress:
             _note_launches(self.progress)
 
@@ -166,8 +194,14 @@ class GradingSession:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item):
         claims = self.config.getoption("warm_shard")
-        if claims and not warmup.claim(claims, self.warm_queue[item.nodeid]):
-            pytest.skip("another warm-up process runs this test")
+        if claims:  # a warm-up process: run the test only if nobody else has taken it
+            if not warmup.claim(claims, self.warm_queue[item.nodeid]):
+                pytest.skip("another warm-up process runs this test")
+            self.claimed.add(item.nodeid)
+        elif self.warm is not None and item.nodeid in self.warm_queue:  # the graded run, warm-up alongside
+            index = self.warm_queue[item.nodeid]
+            if not warmup.claim(self.warm.claims, index):
+                self.warm.wait_for(index)  # a warm-up process is compiling its kernels; they will be cached
 
     def _warmable(self, items):
         """Tests that will run here and compile kernels as they go (see grader.warmup)."""
@@ -197,6 +231,10 @@ class GradingSession:
             self.progress.write(test=item.nodeid, when="call")
 
     def pytest_runtest_logfinish(self, nodeid, location):
+        if self.warm is not None:
+            self.warm.poll()  # note the warm-up processes that have ended (for their times)
+        if nodeid in self.claimed:
+            warmup.mark_done(self.config.getoption("warm_shard"), self.warm_queue[nodeid])
         row = self.results.get(nodeid)
         if row is not None:
             row.update(usage.snapshot())
@@ -219,7 +257,7 @@ class GradingSession:
             row.setdefault("metrics", {})[key] = value
 
     def pytest_collection_finish(self, session):
-        if self.config.getoption("warm_shard") is None:
+        if self.config.getoption("warm_shard") is None and not self.config.getoption("only"):
             warmed = self._warmable(session.items)
             count = warmup.shard_count(len(warmed))
             phase = self.config.getoption("phase")
@@ -228,15 +266,11 @@ class GradingSession:
             if count:
                 reporter = self.config.pluginmanager.get_plugin("terminalreporter")
                 if reporter:
-                    reporter.write_line(f"warming Triton's kernel cache: {len(warmed)} tests in {count} processes ...")
-                seconds = sorted(warmup.run_shards(list(self.config.invocation_params.args), count,
-                                                   str(self.config.rootpath)))
-                if reporter:
-                    reporter.write_line(f"kernel cache warm after {seconds[-1]:.0f} s (processes took "
-                                        f"{seconds[0]:.0f} s to {seconds[-1]:.0f} s, median "
-                                        f"{seconds[len(seconds) // 2]:.0f} s); grading")
-                if phase is not None:
-                    warmup.mark_warmed(int(phase))
+                    reporter.write_line(f"warming Triton's kernel cache: {len(warmed)} tests in {count} processes, "
+                                        "grading alongside ...")
+                self.warm = warmup.Background(list(self.config.invocation_params.args), count,
+                                              str(self.config.rootpath))
+                self.warm_queue = {item.nodeid: i for i, item in enumerate(warmed)}
         for item in session.items:
             self.results.setdefault(item.nodeid, {"outcome": "passed", "message": "", "duration": 0.0})
             self.results[item.nodeid].update(
@@ -247,6 +281,16 @@ class GradingSession:
             self.progress.write(header=self.header(), items=items)
 
     def pytest_sessionfinish(self, session, exitstatus):
+        if self.warm is not None:
+            seconds = self.warm.finish()
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter:
+                reporter.ensure_newline()
+                reporter.write_line(f"warm-up processes took {seconds[0]:.0f} s to {seconds[-1]:.0f} s "
+                                    f"(median {seconds[len(seconds) // 2]:.0f} s)")
+            phase = self.config.getoption("phase")
+            if phase is not None and exitstatus != pytest.ExitCode.INTERRUPTED:
+                warmup.mark_warmed(int(phase))
         if self.progress:
             self.progress.write(end=int(exitstatus))
 

@@ -8,6 +8,8 @@ import functools
 import os
 import sys
 
+from grader import settings
+
 INTERPRET_TOO_LATE = (
     "TRITON_INTERPRET=1 was set after triton was imported: Triton's own functions (tl.max, ...) were"
     " already built for a GPU driver, hence errors such as '0 active drivers'. Restart Python (in Jupyter,"
@@ -17,7 +19,7 @@ INTERPRET_TOO_LATE = (
 
 @functools.lru_cache(maxsize=None)
 def has_cuda() -> bool:
-    if os.environ.get("FA_FORCE_CPU") == "1":  # lets a GPU machine exercise the interpreter path
+    if settings.FORCE_CPU.get() == "1":  # lets a GPU machine exercise the interpreter path
         return False
     import torch
 

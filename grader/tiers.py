@@ -1,8 +1,7 @@
 """The four tiers of grading, which of them this machine can run, and what it is."""
-import os
 import platform
 
-from grader import runtime
+from grader import runtime, settings
 
 # In the order the report lists them. "correctness" tests run on the interpreter without a GPU and
 # compiled on the GPU when there is one; the other tiers need what their name says.
@@ -27,7 +26,7 @@ def _compile_reason():
 def detect() -> dict:
     """tier -> None when it runs here, else the reason it does not."""
     no_gpu = None if runtime.has_cuda() else "no CUDA GPU on this machine"
-    throughput = no_gpu or ("FA_SKIP_THROUGHPUT is set" if os.environ.get("FA_SKIP_THROUGHPUT") else None)
+    throughput = no_gpu or (f"{settings.SKIP_THROUGHPUT.name} is set" if settings.SKIP_THROUGHPUT.is_set() else None)
     return {
         "interpreter": "a CUDA GPU runs the kernels compiled instead" if runtime.has_cuda() else None,
         "compile": _compile_reason(),

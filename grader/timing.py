@@ -1,5 +1,8 @@
-"""GPU timing and the two ceilings of the device, measured rather than taken from a datasheet."""
+"""GPU measurements: time, bandwidth, peak memory, and the two ceilings of the device, measured
+rather than taken from a datasheet. Shared by the graders and the lessons' measurements."""
 import torch
+
+from grader import gpulock
 
 
 # Set in the grader's warm-up processes (grader.warmup), which only fill Triton's kernel cache: a
@@ -10,21 +13,28 @@ compile_only = False
 def median_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
     """Median of repeated runs, timed with CUDA events and the L2 cache flushed between them.
 
+    The GPU is ours alone while timing: other gradings on this machine wait (grader.gpulock).
     In a warm-up process: one call (it compiles what the timing would) and NaN, which fails any
     ratio it goes into.
     """
     import triton.testing
 
     if compile_only:
-        fn()
-        torch.cuda.synchronize()
+        with gpulock.hold(exclusive=False):
+            fn()
+            torch.cuda.synchronize()
         return float("nan")
-
-    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    with gpulock.hold(exclusive=True):
+        return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
 def tflops(flops: float, ms: float) -> float:
     return flops / (ms * 1e-3) / 1e12
+
+
+def gbs(nbytes: float, ms: float) -> float:
+    """Bandwidth in GB/s (1 GB = 1e9 B) of `nbytes` moved in `ms` milliseconds."""
+    return nbytes / (ms * 1e-3) / 1e9
 
 
 def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
@@ -32,7 +42,18 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
     src = torch.randn(nbytes // 4, device="cuda")
     dst = torch.empty_like(src)
     ms = median_ms(lambda: dst.copy_(src))
-    return 2 * nbytes / (ms * 1e-3) / 1e9
+    return gbs(2 * nbytes, ms)
+
+
+def peak_extra_bytes(fn) -> int:
+    """The most CUDA memory `fn()` holds at once beyond what was allocated before it (bytes), its
+    output included: what a kernel keeps alive (S and P, or only o), measured by PyTorch's allocator."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
 
 
 def matmul_tflops(n: int = 8192, dtype=torch.bfloat16) -> float:

@@ -26,6 +26,7 @@ instead of compiling it.
 """
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grader import runtime
+from grader import runtime, settings
 from grader.impl import ROOT
 
 # Tiers whose tests compile the most (many configurations; the largest shapes) are claimed first.
@@ -46,7 +47,7 @@ def order(items: list, tier_of) -> list:
 
 
 def shard_count(n_items: int) -> int:
-    forced = os.environ.get("FA_WARM_SHARDS")
+    forced = settings.WARM_SHARDS.get()
     if forced is not None:
         return max(0, int(forced))
     if not runtime.has_cuda() or n_items < 4:
@@ -71,7 +72,7 @@ def _triton_cache_dir() -> Path:
 
 
 def _tree_dir() -> Path | None:
-    name = os.environ.get("FA_IMPL", "exercises")
+    name = settings.IMPL.get()
     path = Path(name) if Path(name).is_dir() else ROOT / name
     return path if path.is_dir() else None
 
@@ -94,7 +95,7 @@ def stamp_path(phase: int) -> Path | None:
 
 
 def warmed_before(phase: int) -> bool:
-    if os.environ.get("FA_WARM_SHARDS") is not None:
+    if settings.WARM_SHARDS.get() is not None:
         return False
     stamp = stamp_path(phase)
     return stamp is not None and stamp.exists()
@@ -123,27 +124,85 @@ def _without_report(args: list[str]) -> list[str]:
     return out
 
 
-def run_shards(args: list[str], count: int, rootdir: str, timeout_s: float = 600) -> list[float]:
-    """Run the pytest invocation `args` in `count` processes sharing one queue of tests; the
-    seconds each process took."""
-    started = time.time()
-    with tempfile.TemporaryDirectory(prefix="fa-warm-") as claims:
+def mark_done(claims_dir: str, index: int) -> None:
+    """Test number `index`, claimed by this warm-up process, has run: its kernels are in the cache."""
+    open(os.path.join(claims_dir, f"{index}.done"), "w").close()
+
+
+class Background:
+    """`count` warm-up processes working through the shared queue of the pytest invocation `args`
+    while the caller goes on. The graded run claims each test before it runs it: a test no warm-up
+    process has taken yet it runs (and compiles) itself; one a warm-up process is running it waits
+    for (`wait_for`), then finds its kernels in the cache. Nothing is compiled twice, and the graded
+    run keeps pace with the warm-up instead of starting after it."""
+
+    def __init__(self, args: list[str], count: int, rootdir: str, timeout_s: float = 600,
+                 env: dict | None = None):
+        self.claims = tempfile.mkdtemp(prefix="fa-warm-")
+        self.started = time.time()
+        self.timeout_s = timeout_s
         # `args` already loads this plugin (it is what called us).
-        procs = [subprocess.Popen([sys.executable, "-m", "pytest", *_without_report(args),
-                                   "--warm-shard", claims, "-q", "--tb=no"],
-                                  cwd=rootdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
-                 for _ in range(count)]
-        seconds = [0.0] * count
-        while not all(seconds):
-            for i, proc in enumerate(procs):
-                if not seconds[i] and proc.poll() is not None:
-                    seconds[i] = time.time() - started
-            if time.time() - started > timeout_s:  # a hanging submission: the graded run times it out itself
-                for i, proc in enumerate(procs):
-                    if not seconds[i]:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                        proc.wait()
-                        seconds[i] = time.time() - started
+        self.procs = [subprocess.Popen([sys.executable, "-m", "pytest", *_without_report(args),
+                                        "--warm-shard", self.claims, "-q", "--tb=no"],
+                                       cwd=rootdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       start_new_session=True, env=env)
+                      for _ in range(count)]
+        self.seconds = [0.0] * count
+
+    def poll(self) -> bool:
+        """True once every process has ended; notes when each did."""
+        for i, proc in enumerate(self.procs):
+            if not self.seconds[i] and proc.poll() is not None:
+                self.seconds[i] = time.time() - self.started
+        if time.time() - self.started > self.timeout_s:  # a hanging submission: the graded run times it out itself
+            for i, proc in enumerate(self.procs):
+                if not self.seconds[i]:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    self.seconds[i] = time.time() - self.started
+        return all(self.seconds)
+
+    def wait_for(self, index: int) -> None:
+        """Until the warm-up process that claimed test number `index` has run it."""
+        done = os.path.join(self.claims, f"{index}.done")
+        while not os.path.exists(done) and not self.poll():
+            time.sleep(0.05)
+
+    def finish(self) -> list[float]:
+        """Wait for every process; the seconds each took, sorted."""
+        while not self.poll():
             time.sleep(0.1)
-    return seconds
+        shutil.rmtree(self.claims, ignore_errors=True)
+        return sorted(self.seconds)
+
+
+def run_shards(args: list[str], count: int, rootdir: str, timeout_s: float = 600,
+               env: dict | None = None) -> list[float]:
+    """Run the pytest invocation `args` in `count` processes sharing one queue of tests, and wait;
+    the seconds each process took."""
+    return Background(args, count, rootdir, timeout_s, env).finish()
+
+
+def warm_phases(phases: list[int], tree: str) -> tuple[list[int], list[float]]:
+    """One warm-up for several phases of `tree` at once (`make check-solutions` on a GPU): a single
+    queue over all their tests, heaviest tiers of every phase first, so that no phase's long pole
+    waits behind another phase's light tests. Phases warmed before are left out. Returns the phases
+    warmed and the seconds each process took."""
+    env = {**os.environ, settings.IMPL.name: tree}
+    previous = os.environ.get(settings.IMPL.name)
+    os.environ[settings.IMPL.name] = tree  # the stamps name the tree through it
+    try:
+        todo = [p for p in phases if not warmed_before(p)]
+        if not todo:
+            return [], []
+        files = [str(ROOT / "grader" / "phases" / f"test_phase{p}.py") for p in todo]
+        seconds = run_shards([*files, "-p", "grader.plugin", "--rootdir", str(ROOT)],
+                             shard_count(10 * len(todo)), str(ROOT), env=env)
+        for p in todo:
+            mark_warmed(p)
+        return todo, sorted(seconds)
+    finally:
+        if previous is None:
+            del os.environ[settings.IMPL.name]
+        else:
+            os.environ[settings.IMPL.name] = previous

@@ -2,8 +2,8 @@
 assets/; `figures()` turns stored data into plots and into the tables between
 `<!-- BEGIN GENERATED name -->` / `<!-- END GENERATED name -->` in the lessons and the README.
 
-Each module `grader/lessons/phaseN.py` may define either function; `python -m grader.measure`
-and `python -m grader.figures` find them.
+Each module `grader/lessons/phaseN.py` may define either function; `python -m grader.lessons.measure`
+and `python -m grader.lessons.figures` find them.
 """
 import importlib
 import pkgutil

@@ -20,10 +20,11 @@ def device_record() -> dict:
             "date": datetime.date.today().isoformat()}
 
 
-def save(relpath: str, data: dict) -> Path:
+def save(relpath: str, data: dict, meta: dict | None = None) -> Path:
+    """data under assets/relpath, with the device record (and `meta`, e.g. a digest of the timed code)."""
     path = ASSETS / relpath
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": device_record(), **data}, indent=1) + "\n")
+    path.write_text(json.dumps({"meta": device_record() | (meta or {}), **data}, indent=1) + "\n")
     return path
 
 

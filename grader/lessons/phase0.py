@@ -19,15 +19,6 @@ def naive_attention(q, k, v):
     return torch.softmax(s, dim=-1) @ v
 
 
-def _peak_extra_bytes(fn) -> int:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
-
-
 def measure():
     from solutions.phase0 import softmax
 
@@ -42,9 +33,9 @@ def measure():
             B, H, _, _ = bench.standard_shape(N, D)
             q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             row = bench.measure(lambda: naive_attention(q, k, v), q, k, v, baselines=("flash",))
-            row["naive_peak_extra_bytes"] = _peak_extra_bytes(lambda: naive_attention(q, k, v))
+            row["naive_peak_extra_bytes"] = timing.peak_extra_bytes(lambda: naive_attention(q, k, v))
             with bench.sdpa_backend("flash"):
-                row["flash_peak_extra_bytes"] = _peak_extra_bytes(
+                row["flash_peak_extra_bytes"] = timing.peak_extra_bytes(
                     lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
             naive_rows.append(row)
             print(f"naive D={D} N={N}: {row['tflops']:.0f} TFLOPS, flash {row['flash_tflops']:.0f}")
@@ -57,7 +48,7 @@ def measure():
         ours = timing.median_ms(lambda: softmax(x))
         theirs = timing.median_ms(lambda: torch.softmax(x, dim=-1))
         softmax_rows.append({"rows": x.shape[0], "width": width, "dtype": "bfloat16",
-                             "ours_gbs": nbytes / (ours * 1e-3) / GB, "torch_gbs": nbytes / (theirs * 1e-3) / GB})
+                             "ours_gbs": timing.gbs(nbytes, ours), "torch_gbs": timing.gbs(nbytes, theirs)})
         print(f"softmax width {width}: {softmax_rows[-1]['ours_gbs']:.0f} GB/s, torch {softmax_rows[-1]['torch_gbs']:.0f}")
     common.save("phase0/device.json", device)
     common.save("phase0/naive_vs_fused.json", {"rows": naive_rows})
@@ -135,7 +126,7 @@ def figures():
     for r in naive["rows"]:
         naive_b = cost.naive_attention_bytes(r["B"], r["H"], r["Nq"], r["Nk"], r["D"], 2)
         rows.append([f"{r['B']}x{r['H']}x{r['Nq']}x{r['D']}", f"{r['flops'] / naive_b:.0f}",
-                     f"{r['ms']:.2f} ms", f"{r['tflops']:.0f}", f"{naive_b / (r['ms'] * 1e-3) / GB:,.0f} GB/s",
+                     f"{r['ms']:.2f} ms", f"{r['tflops']:.0f}", f"{timing.gbs(naive_b, r['ms']):,.0f} GB/s",
                      f"{r['naive_peak_extra_bytes'] / 2**30:.2f} GiB", f"{r['flash_ms']:.2f} ms",
                      f"{r['flash_tflops']:.0f}", f"{r['flash_peak_extra_bytes'] / 2**30:.3f} GiB",
                      f"{r['flash_ms'] and r['ms'] / r['flash_ms']:.1f}x"])

@@ -15,15 +15,6 @@ KiB = 1024
 SMEM = {"A100 (sm_80)": 164 * KiB, "H100 (sm_90)": 227 * KiB}
 
 
-def _peak_extra_bytes(fn) -> int:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
-
-
 def pass_bytes(B, H, N, D, dtype_bytes=2, s_bytes=4):
     """HBM bytes each pass must move at least: what Phase 0's cost model counts, with S in float32."""
     qkv = dtype_bytes * B * H * N * D
@@ -52,7 +43,7 @@ def measure():
             row = bench.measure(partial(tiled_attention, q, k, v), q, k, v, baselines=("flash", "math"))
             row["pass_ms"] = pass_ms
             row["pass_bytes"] = pass_bytes(B, H, N, D)
-            row["peak_extra_bytes"] = _peak_extra_bytes(partial(tiled_attention, q, k, v))
+            row["peak_extra_bytes"] = timing.peak_extra_bytes(partial(tiled_attention, q, k, v))
             rows.append(row)
             print(f"tiled D={D} N={N}: {row['ms']:.2f} ms ({row['tflops']:.0f} TFLOPS), "
                   f"flash {row['flash_ms']:.2f} ms, math {row.get('math_ms', float('nan')):.2f} ms", flush=True)
@@ -94,7 +85,7 @@ def figures():
     rows = []
     for r in data["rows"]:
         B, H, N, D = r["B"], r["H"], r["Nq"], r["D"]
-        rate = {k: r["pass_bytes"][k] / (r["pass_ms"][k] * 1e-3) / GB for k in r["pass_ms"]}
+        rate = {k: timing.gbs(r["pass_bytes"][k], r["pass_ms"][k]) for k in r["pass_ms"]}
         model_ms = sum(r["pass_bytes"].values()) / (copy_gbs * GB) * 1e3
         rows.append([f"{B}x{H}x{N}x{D}",
                      *(f"{r['pass_ms'][k]:.2f} ms ({rate[k] / copy_gbs:.0%})" for k in ("scores", "softmax", "pv")),

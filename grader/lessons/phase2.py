@@ -10,18 +10,8 @@ from grader.impl import ROOT
 from grader.lessons import common
 
 LESSON = ROOT / "exercises" / "phase2" / "README.md"
-GB = 1e9
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried per head dim by `tune()`.
 CANDIDATES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3)]
-
-
-def _peak_extra_bytes(fn) -> int:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
 
 
 def _naive(q, k, v):
@@ -91,9 +81,9 @@ def measure():
     for N in (1024, 2048, 4096, 8192):
         q, k, v = (torch.randn(1, 8, N, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         memory.append({"B": 1, "H": 8, "N": N, "D": 64,
-                       "flash_v1": _peak_extra_bytes(partial(flash_attention_v1, q, k, v)),
-                       "tiled": _peak_extra_bytes(partial(tiled_attention, q, k, v)),
-                       "naive": _peak_extra_bytes(partial(_naive, q, k, v))})
+                       "flash_v1": timing.peak_extra_bytes(partial(flash_attention_v1, q, k, v)),
+                       "tiled": timing.peak_extra_bytes(partial(tiled_attention, q, k, v)),
+                       "naive": timing.peak_extra_bytes(partial(_naive, q, k, v))})
         del q, k, v
     common.save("phase2/memory.json", {"rows": memory})
 
@@ -105,7 +95,7 @@ def measure():
         entry = {"rows": x.shape[0], "width": width}
         for name, fn in (("online", online_softmax), ("phase0", softmax),
                          ("torch", _torch_softmax)):
-            entry[f"{name}_gbs"] = nbytes / (timing.median_ms(partial(fn, x)) * 1e-3) / GB
+            entry[f"{name}_gbs"] = timing.gbs(nbytes, timing.median_ms(partial(fn, x)))
         bandwidth.append(entry)
         print(f"softmax width {width}: online {entry['online_gbs']:.0f} GB/s, phase 0 {entry['phase0_gbs']:.0f}, "
               f"torch {entry['torch_gbs']:.0f}", flush=True)

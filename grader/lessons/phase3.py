@@ -1,9 +1,9 @@
 """Phase 3's numbers: the forward against SDPA's flash and cuDNN backends, the configuration
 sweep behind the tuned table, the work causal block skipping saves, and the logsumexp merge.
 
-    python -m grader.measure phase3            GPU: assets/phase3/forward.json
+    python -m grader.lessons.measure phase3            GPU: assets/phase3/forward.json
     python -c 'from grader.lessons import phase3; phase3.tune()'   GPU: assets/phase3/tuning.json
-    python -m grader.figures                   tables and plot into exercises/phase3/README.md
+    python -m grader.lessons.figures                   tables and plot into exercises/phase3/README.md
 """
 import functools
 import math

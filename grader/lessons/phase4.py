@@ -162,15 +162,6 @@ def tune(N=4096):
     return rows
 
 
-def _peak_extra_bytes(fn) -> int:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
-
-
 def _measure_shape(N, D, causal):
     """bwd and fwd+bwd against SDPA flash and cuDNN, and the atomic-dQ alternative, at one shape."""
     from solutions.phase4 import flash_attention, flash_attention_backward
@@ -212,8 +203,9 @@ def _memory_row(B, H, N, D):
             torch.autograd.grad(out, (qg, kg, vg), do)
     ours()
     sdpa_flash()
-    row = {"B": B, "H": H, "N": N, "D": D, "ours_peak_extra_bytes": _peak_extra_bytes(ours),
-           "flash_peak_extra_bytes": _peak_extra_bytes(sdpa_flash), "p_bytes": cost.score_matrix_bytes(B, H, N, N, 2)}
+    row = {"B": B, "H": H, "N": N, "D": D, "ours_peak_extra_bytes": timing.peak_extra_bytes(ours),
+           "flash_peak_extra_bytes": timing.peak_extra_bytes(sdpa_flash),
+           "p_bytes": cost.score_matrix_bytes(B, H, N, N, 2)}
     print(f"memory N={N}: ours {row['ours_peak_extra_bytes'] / 2**20:.0f} MiB, "
           f"flash {row['flash_peak_extra_bytes'] / 2**20:.0f} MiB", flush=True)
     return row

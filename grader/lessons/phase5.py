@@ -1,8 +1,8 @@
 """Phase 5's numbers: configuration sweeps, the ablation, and the distance to cuDNN and FlexAttention.
 
     python -c 'from grader.lessons import phase5; phase5.tune()'    GPU: assets/phase5/tune_*.json
-    python -m grader.measure phase5                                  GPU: assets/phase5/*.json
-    python -m grader.figures                                         tables and plots into the lesson
+    python -m grader.lessons.measure phase5                                  GPU: assets/phase5/*.json
+    python -m grader.lessons.figures                                         tables and plots into the lesson
 
 Every sweep first compiles its candidates in parallel worker processes (Triton 3.6 compiles one
 kernel at a time, for seconds; the GPU machines have many cores), then times them one by one in
@@ -14,12 +14,13 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from grader import settings
 from grader.lessons import common
 
 LESSON = common.ROOT / "exercises" / "phase5" / "README.md"
 # A wall-clock deadline (seconds since the epoch): sweeps stop early, keeping what they measured,
 # on a machine lent for a limited time.
-DEADLINE = float(os.environ.get("FA_MEASURE_DEADLINE", "inf"))
+DEADLINE = float(settings.MEASURE_DEADLINE.get())
 
 
 def _out_of_time() -> bool:

@@ -1,6 +1,7 @@
 """The README's measured-results section, generated from assets/ (never typed by hand)."""
 import json
 
+from grader import settings
 from grader.impl import ROOT
 from grader.lessons import common
 
@@ -83,10 +84,38 @@ def _mutants() -> str:
     return "\n".join(parts)
 
 
+def _grading_times() -> str:
+    """`make grade PHASE=N` wall times, cold and warm, per machine (python -m grader.instructor.grading_times)."""
+    runs = {where: common.load(f"reports/grading-times-{where}.json") for where in ("gpu", "cpu")}
+    runs = {where: data for where, data in runs.items() if data}
+    if not runs:
+        return "(not measured yet: `python -m grader.instructor.grading_times` on each machine)\n"
+    all_phases = sorted({int(p) for data in runs.values() for p in data["phases"]})
+    header, notes = ["phase"], []
+    for where, data in runs.items():
+        first = next(iter(data["phases"].values()))
+        env = first["cold"]["environment"]
+        label = "GPU" if where == "gpu" else "CPU"
+        header += [f"{label}: empty cache", f"{label}: warm cache"]
+        notes.append(f"{label}: {env['device']}, {first['cores']} cores, torch {env['torch']}, Triton {env['triton']}, "
+                     f"{first['date']}, tiers {', '.join(first['cold']['tiers'])}")
+    rows = []
+    for phase in all_phases:
+        row = [phase]
+        for data in runs.values():
+            times = data["phases"].get(str(phase))
+            row += [f"{times['cold']['seconds']:.0f} s", f"{times['warm']['seconds']:.0f} s"] if times else ["-", "-"]
+        rows.append(row)
+    return (common.markdown_table(header, rows) + "\n*Wall time of the whole `make grade PHASE=N IMPL=solutions` "
+            "command, start-up included; " + "; ".join(notes) + ". Regenerate: `python -m grader.instructor.grading_times` "
+            "on the machine, then `make figures`.*\n")
+
+
 def update() -> list[str]:
     done = []
     for name, text in (("device", _device()), ("grades", _grades()), ("kernel-tables", _tables()),
-                       ("mutants", _mutants())):
+                       ("mutants", _mutants()), ("grading-times", _grading_times()),
+                       ("settings", settings.table())):
         if common.replace_block(README, name, text):
             done.append(f"README block {name}")
     return done

@@ -165,32 +165,17 @@ SOFTMAX_SPECS = [
 ]
 
 
-def _assert_compiled(results):
-    for r in results:
-        if "error" in r:
-            raise AssertionError(f"{r['kernel']} [{r['label']}] does not compile for {r['arch']}: {r['error']}")
-
-
 @pytest.mark.points(1)
 @pytest.mark.tier("compile")
 def test_online_softmax_kernel_compiles(record_property):
-    results = aot.compile_all(PHASE, impl.tree(), SOFTMAX_SPECS)
-    record_property("compiled", results)
-    _assert_compiled(results)
+    aot.assert_compiles(PHASE, SOFTMAX_SPECS, record_property)
 
 
 @pytest.mark.points(2)
 @pytest.mark.tier("compile")
 def test_flash_kernel_compiles(record_property):
     """Every configuration the wrapper can launch, fp16 and bf16, with and without the key-tail mask."""
-    results = aot.compile_all(PHASE, impl.tree(), _flash_specs())
-    record_property("compiled", results)
-    _assert_compiled(results)
-    spilled = [r for r in results if r.get("spill_bytes")]
-    if spilled:
-        r = spilled[0]
-        raise AssertionError(f"{r['kernel']} [{r['label']}] spills {r['spill_bytes']} B per thread on {r['arch']}: "
-                             "the tile does not fit in registers")
+    aot.assert_compiles(PHASE, _flash_specs(), record_property, no_spills=True)
 
 
 # ---------------------------------------------------------------- GPU tier
@@ -203,12 +188,7 @@ def test_flash_attention_v1_memory_grows_as_n_d(api, gen):
     for n in (4096, 8192):
         q, k, v = qkv(B, H, n, n, D, torch.bfloat16, "cuda", gen)
         check_flash(api, q[:, :, :64], k, v, None)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        api.flash_attention_v1(q, k, v)
-        torch.cuda.synchronize()
-        extra[n] = torch.cuda.max_memory_allocated() - before
+        extra[n] = timing.peak_extra_bytes(lambda: api.flash_attention_v1(q, k, v))
     o_bytes = B * H * 8192 * D * 2
     ratio = extra[8192] / max(extra[4096], 1)
     if extra[8192] > 2 * o_bytes or ratio > 2.5:
@@ -225,17 +205,10 @@ def test_online_softmax_bandwidth(api, gen, record_property):
     """Statistics in one sweep, output in a second: one HBM read and one write when a row stays in cache."""
     x = randn((32768, 4096), torch.float16, "cuda", gen)
     check_softmax(api, x[:64])
-    copy_gbs = timing.copy_bandwidth_gbs()
-    ms = timing.median_ms(timed(lambda: api.online_softmax(x), x))
-    gbs = 2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9
-    ratio = gbs / copy_gbs
-    record_property("throughput", {"shape": list(x.shape), "dtype": "fp16", "ms": ms, "gbs": gbs,
-                                   "copy_gbs": copy_gbs, "ratio": ratio, "required_ratio": 0.5,
-                                   "summary": f"online_softmax {gbs:.0f} GB/s = {ratio:.0%} of copy "
-                                              f"{copy_gbs:.0f} GB/s (needs 50%)"})
-    if ratio < 0.5:
-        raise AssertionError(f"online_softmax moved {gbs:.0f} GB/s, {ratio:.0%} of this device's copy bandwidth "
-                             f"{copy_gbs:.0f} GB/s; needs at least 50%")
+    row = bench.bandwidth(timed(lambda: api.online_softmax(x), x), 2 * x.numel() * x.element_size(),
+                          "online_softmax", 0.5, shape=list(x.shape), dtype="fp16")
+    record_property("throughput", row)
+    bench.assert_bandwidth(row)
 
 
 @pytest.mark.points(3)

@@ -89,7 +89,7 @@ def test_misaligned_strides_fall_back(api, gen, device):
 
 
 # ---------------------------------------------------------------- the configuration space
-SHARED_LIMIT = {"sm_80": 166912, "sm_90": 232448}  # bytes of shared memory one program may opt into
+SHARED_LIMIT = aot.SHARED_LIMIT  # bytes of shared memory one program may opt into
 
 
 @pytest.mark.points(2)
@@ -148,14 +148,7 @@ def _compile_specs():
 @pytest.mark.tier("compile")
 def test_forward_kernel_compiles(record_property):
     """Every pinned configuration compiles for its chip and fits its shared memory."""
-    results = aot.compile_all(PHASE, impl.tree(), _compile_specs())
-    record_property("compiled", results)
-    for r in results:
-        if "error" in r:
-            raise AssertionError(f"{r['kernel']} [{r['label']}] does not compile for {r['arch']}: {r['error']}")
-        if r["shared_bytes"] > SHARED_LIMIT[r["arch"]]:
-            raise AssertionError(f"{r['kernel']} [{r['label']}] needs {r['shared_bytes']} B of shared memory, "
-                                 f"more than {r['arch']}'s {SHARED_LIMIT[r['arch']]} B")
+    aot.assert_compiles(PHASE, _compile_specs(), record_property)
 
 
 # ---------------------------------------------------------------- throughput against cuDNN

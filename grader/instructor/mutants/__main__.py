@@ -1,0 +1,5 @@
+import sys
+
+from grader.instructor.mutants.run import main
+
+sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from grader.mutants.run import main
-
-sys.exit(main())
