@@ -117,9 +117,8 @@ def launch(q, k, v, sm_scale, BLOCK_M, BLOCK_N, num_warps, num_stages):
     grid = (triton.cdiv(Nq, BLOCK_M), B * H)
     flash_v1_kernel[grid](q, k, v, o, sm_scale * LOG2E,
                           *q.stride(), *k.stride(), *v.stride(), *o.stride(), H, Nq, Nk,
-                          D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, EVEN_N=Nk % BLOCK_N == 0,
-                          PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-                          num_warps=num_warps, num_stages=num_stages)
+                          D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, EVEN_N=Nk % BLOCK_N == 0, num_warps=num_warps,
+                          num_stages=num_stages, PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     ### END SOLUTION
     return o
 

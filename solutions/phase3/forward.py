@@ -89,7 +89,7 @@ def _attn_fwd(Q, K, V, O, LSE, sm_scale,
     # row_ok: rows < N_Q. q: the (BLOCK_M, HEAD_DIM) query block, rows past N_Q read as 0; k_ptrs and
     # v_ptrs: the (BLOCK_N, HEAD_DIM) tiles of keys 0 .. BLOCK_N-1 (the inner loop moves them on).
     ### BEGIN SOLUTION
-    start_m = N_M_BLOCKS - 1 - pid % N_M_BLOCKS
+    start_m = N_M_BLOCKS - 1 - (pid % N_M_BLOCKS)  # a head's last query block first
     off_bh = pid // N_M_BLOCKS
     # int64 before any multiply: batch * stride overflows int32 once a tensor holds more than 2**31 elements.
     off_b = (off_bh // H).to(tl.int64)
@@ -101,7 +101,7 @@ def _attn_fwd(Q, K, V, O, LSE, sm_scale,
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    row_ok = offs_m[:, None] < N_Q
+    row_ok = (offs_m < N_Q)[:, None]
     # q stays in registers for the whole sweep; rows past N_Q are zeros whose results are dropped.
     q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok, other=0.0)
     k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
@@ -220,8 +220,7 @@ def flash_attention_forward(q, k, v, causal=False, sm_scale=None, config=None):
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         H, Nq, Nk, n_m_blocks,
-        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=num_stages)
+        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
+        CAUSAL=causal, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     ### END SOLUTION
     return o, lse

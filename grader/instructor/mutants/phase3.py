@@ -82,7 +82,8 @@ MUTANTS = [
            (("n_m_blocks = triton.cdiv(Nq, block_m)", "n_m_blocks = Nq // block_m"),),
            "query blocks counted with Nq // BLOCK_M: the last, partial block is never computed"),
     Mutant("p3-pid-roles-swapped", FWD,
-           (("start_m = N_M_BLOCKS - 1 - pid % N_M_BLOCKS\n    off_bh = pid // N_M_BLOCKS",
+           (("start_m = N_M_BLOCKS - 1 - (pid % N_M_BLOCKS)  # a head's last query block first\n"
+             "    off_bh = pid // N_M_BLOCKS",
              "start_m = pid // N_M_BLOCKS\n    off_bh = pid % N_M_BLOCKS"),),
            "pid decoded with the roles swapped (the quotient taken as the query block), against the host's "
            "numbering: query blocks of one head are consecutive programs"),
