@@ -27,13 +27,42 @@ def qkv(B, H, Nq, Nk, D, dtype, device, gen, layout="bhnd"):
     """q (B, H, Nq, D), k and v (B, H, Nk, D).
 
     layout="bnhd" allocates (B, N, H, D) tensors and returns their transpose(1, 2) views, the
-    non-contiguous layout that projections produce in a real model.
+    non-contiguous layout that projections produce in a real model. layout="mixed" gives each tensor
+    strides of its own: q contiguous, k a (B, N, H, D) transpose, v the second half of a (B, H, N, 2D)
+    tensor (rows 2D apart), so that a launch passing one tensor's strides for another's reads wrong values.
     """
-    def make(n):
-        if layout == "bnhd":
+    def make(n, which):
+        if layout == "bnhd" or (layout == "mixed" and which == "k"):
             return randn((B, n, H, D), dtype, device, gen).transpose(1, 2)
+        if layout == "mixed" and which == "v":
+            return randn((B, H, n, 2 * D), dtype, device, gen)[..., D:]
         return randn((B, H, n, D), dtype, device, gen)
-    return make(Nq), make(Nk), make(Nk)
+    return make(Nq, "q"), make(Nk, "k"), make(Nk, "v")
+
+
+# A stride that fits in int32 while twice it does not: element [2, ...] of a view with this stride
+# lies past 2**31, where a kernel that multiplies index * stride in int32 wraps around.
+STRIDE_PAST_INT32 = 2**30 + 4096
+
+
+def _storage_past_int32(numel, dtype, gen):
+    storage = torch.empty(numel, dtype=dtype, device="cuda")  # about 4 GiB in 16 bits
+    storage.normal_(generator=torch.Generator("cuda").manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen))))
+    return storage
+
+
+def qkv_past_int32(H, N, D, dtype, gen):
+    """q, k, v (3, H, N, D) on one CUDA storage, batch stride STRIDE_PAST_INT32: batch 2 starts past
+    element 2**31, so batch * stride overflows int32. Keep no other reference to them afterwards."""
+    storage = _storage_past_int32(2 * STRIDE_PAST_INT32 + 3 * H * N * D, dtype, gen)
+    strides = (STRIDE_PAST_INT32, N * D, D, 1)
+    return tuple(storage.as_strided((3, H, N, D), strides, i * H * N * D) for i in range(3))
+
+
+def rows_past_int32(width, dtype, gen):
+    """x (3, width) on CUDA, rows STRIDE_PAST_INT32 apart: row 2 starts past element 2**31."""
+    return _storage_past_int32(2 * STRIDE_PAST_INT32 + width, dtype, gen).as_strided((3, width),
+                                                                                    (STRIDE_PAST_INT32, 1))
 
 
 def _is_todo(exc: BaseException) -> bool:

@@ -15,11 +15,11 @@ MAX_BLOCK = 8192
 @triton.jit
 def softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride,
                    BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr):
-    # One program per row. int64: row * stride overflows int32 once a tensor passes 2**31 elements.
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * x_row_stride
-    y_row = y_ptr + row * y_row_stride
-    cols = tl.arange(0, BLOCK)
+    # TODO(phase 0, row-pointers): this program's row: pointers to its first element in x and in y, and the lane offsets
+    # Contract: program i of grid axis 0 owns row i; x_row and y_row point at element 0 of that row (rows
+    # are x_row_stride and y_row_stride elements apart, which need not be equal); cols = 0 .. BLOCK-1.
+    # Invariant: the row offset is computed in int64 (row * stride passes 2**31 on a large tensor).
+    tl.static_assert(False, "phase 0: this program's row: pointers to its first element in x and in y, and the lane offsets")
     if ONE_BLOCK:
         # TODO(phase 0, one-block): softmax of one row that fits in a block
         # Contract: y = softmax(x) of this row, stored in y's dtype; lanes past n_cols are neither counted
@@ -51,12 +51,12 @@ def as_rows(x):
 
 def softmax(x):
     """softmax over the last dimension of `x` (any shape, any width, float16/bfloat16/float32)."""
-    rows, y = as_rows(x)
+    rows, y = as_rows(x)  # checks x; rows: (n_rows, n_cols) with unit stride along a row; y: like rows
     if rows.numel() == 0:
         return y.reshape(x.shape)
-    n_cols = rows.shape[1]
-    block = min(triton.next_power_of_2(n_cols), MAX_BLOCK)
-    num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
-    softmax_kernel[(rows.shape[0],)](rows, y, n_cols, rows.stride(0), y.stride(0),
-                                     BLOCK=block, ONE_BLOCK=n_cols <= block, num_warps=num_warps)
+    # TODO(phase 0, launch): choose BLOCK and launch softmax_kernel with one program per row of `rows`, writing y
+    # Contract: BLOCK is a power of two (tl.arange needs one) and at most MAX_BLOCK; ONE_BLOCK is True
+    # exactly when a whole row fits in one BLOCK; the kernel gets the row strides of rows and of y
+    # (rows may be a view whose rows are further apart than n_cols). Invariant: every row of y is written.
+    raise NotImplementedError("phase 0: choose BLOCK and launch softmax_kernel with one program per row of `rows`, writing y")
     return y.reshape(x.shape)

@@ -40,23 +40,17 @@ def flash_v1_kernel(q_ptr, k_ptr, v_ptr, o_ptr, qk_scale,
                     H, N_Q, N_K,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
                     PRECISION: tl.constexpr):
-    start_m = tl.program_id(0)
-    off_bh = tl.program_id(1).to(tl.int64)  # int64: head offsets overflow int32 on large tensors
-    off_b = off_bh // H
-    off_h = off_bh % H
-    q_ptr += off_b * stride_qb + off_h * stride_qh
-    k_ptr += off_b * stride_kb + off_h * stride_kh
-    v_ptr += off_b * stride_vb + off_h * stride_vh
-    o_ptr += off_b * stride_ob + off_h * stride_oh
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
+    # TODO(phase 2, setup): this program's query block and (batch, head); pointers to q, o and to the first K^T and V tiles
+    # Contract: the program ids match the grid that launch() uses; q_ptr, k_ptr, v_ptr and o_ptr point at
+    # element [b, h, 0, 0] of their tensor (any strides; int64 batch and head offsets); offs_m are the
+    # query rows of the block, offs_n = 0 .. BLOCK_N-1, offs_d = 0 .. D-1; kT_ptrs is the (D, BLOCK_N)
+    # grid of addresses of K^T's first tile (k read transposed through its strides, no copy), v_ptrs
+    # the (BLOCK_N, D) grid of V's first tile; the loop adds start_n * stride to reach later tiles.
+    tl.static_assert(False, "phase 2: this program's query block and (batch, head); pointers to q, o and to the first K^T and V tiles")
     # TODO(phase 2, load-q): load this program's query block once
     # Contract: q is the (BLOCK_M, D) tile of query rows offs_m; it stays on chip for the whole key
     # sweep; rows past N_Q are read as harmless values.
     tl.static_assert(False, "phase 2: load this program's query block once")
-    kT_ptrs = k_ptr + offs_d[:, None] * stride_kd + offs_n[None, :] * stride_kn
-    v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     # TODO(phase 2, loop): stream every key tile past the query block with the online softmax
     # Invariant after each key tile, per query row: m_i = the max of the row's scores so far (in log2
     # units: qk_scale = sm_scale * log2 e), l_i = sum of exp2(score - m_i) and acc = sum of
@@ -71,13 +65,12 @@ def launch(q, k, v, sm_scale, BLOCK_M, BLOCK_N, num_warps, num_stages):
     """Run the kernel with an explicit configuration (the tuning sweep calls this)."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    o = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
-    grid = (triton.cdiv(Nq, BLOCK_M), B * H)
-    flash_v1_kernel[grid](q, k, v, o, sm_scale * LOG2E,
-                          *q.stride(), *k.stride(), *v.stride(), *o.stride(), H, Nq, Nk,
-                          D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, EVEN_N=Nk % BLOCK_N == 0,
-                          PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-                          num_warps=num_warps, num_stages=num_stages)
+    # TODO(phase 2, launch-flash): allocate o and launch flash_v1_kernel, one program per query block per (batch, head)
+    # Contract: o is a new (B, H, Nq, D) tensor in q's dtype on q's device; the grid covers every query
+    # block, the partial last one included; q, k, v and o are passed with their own four strides (any
+    # layout); the kernel's qk_scale is sm_scale * log2(e) (it uses exp2); EVEN_N says whether Nk is a
+    # multiple of BLOCK_N; float32 inputs get exact dot products (PRECISION "ieee").
+    raise NotImplementedError("phase 2: allocate o and launch flash_v1_kernel, one program per query block per (batch, head)")
     return o
 
 

@@ -4,7 +4,8 @@ import torch
 
 from grader import aot, bench, cost, numerics, timing
 from grader.honesty import graded_call, timed
-from grader.inputs import FLOAT, assert_accepts, assert_refuses, assert_rowwise_refusals, qkv, randn
+from grader.inputs import (FLOAT, assert_accepts, assert_refuses, assert_rowwise_refusals, qkv, randn,
+                           rows_past_int32)
 
 PHASE = 0
 gpu = pytest.mark.tier("gpu")
@@ -100,6 +101,7 @@ SOFTMAX_CASES = [
     pytest.param((2, 3, 1000), "fp32", 1.0, "rows", id="fp32-2x3x1000"),
     pytest.param((4, 300), "fp32", 1e3, "rows", id="fp32-large-logits"),
     pytest.param((6, 96), "fp16", 1.0, "transposed", id="fp16-noncontiguous"),
+    pytest.param((2, 3, 500), "fp32", 1.0, "padded", id="fp32-2x3x500-rows-apart"),
     pytest.param((2, 10000), "fp32", 1.0, "rows", id="fp32-wide-10000"),
     pytest.param((3, 20000), "fp16", 10.0, "rows", id="fp16-wide-20000"),
     pytest.param((4096, 4096), "bf16", 1.0, "rows", id="bf16-4096x4096", marks=gpu),
@@ -111,6 +113,8 @@ SOFTMAX_CASES = [
 def _softmax_input(shape, dtype, scale, layout, device, gen):
     if layout == "transposed":  # rows of x are columns of a contiguous tensor
         return randn(tuple(reversed(shape)), FLOAT[dtype], device, gen, scale).transpose(0, 1)
+    if layout == "padded":  # rows 37 elements further apart than their width: the row stride is not the width
+        return randn((*shape[:-1], shape[-1] + 37), FLOAT[dtype], device, gen, scale)[..., :shape[-1]]
     return randn(shape, FLOAT[dtype], device, gen, scale)
 
 
@@ -133,6 +137,13 @@ def test_softmax_seeded_shapes(api, gen, device):
         cols = int(torch.randint(1, 12000, (1,), generator=gen))
         check_softmax(api, randn((rows, cols), torch.float32, device, gen, scale=4.0))
 ### END HIDDEN TESTS
+
+
+@pytest.mark.points(1)
+@pytest.mark.tier("gpu")
+def test_softmax_int64_offsets(api, gen):
+    """Row 2 starts past element 2**31 of the storage: row * stride overflows int32."""
+    check_softmax(api, rows_past_int32(1000, torch.float16, gen))
 
 
 @pytest.mark.points(1)

@@ -4,7 +4,7 @@ import torch
 
 from grader import aot, bench, cost, numerics, timing
 from grader.honesty import graded_call, timed
-from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv
+from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, qkv_past_int32
 
 PHASE = 1
 gpu = pytest.mark.tier("gpu")
@@ -16,6 +16,8 @@ CASES = [
     pytest.param(1, 2, 65, 130, 32, "fp32", 0.3, "bnhd", id="fp32-D32-scale0.3-noncontiguous"),
     pytest.param(2, 2, 100, 70, 64, "fp16", None, "bhnd", id="fp16-D64-Nq100-Nk70"),
     pytest.param(1, 2, 33, 150, 128, "fp16", 0.05, "bnhd", id="fp16-D128-scale0.05-noncontiguous"),
+    # q, k and v each with strides of their own: the launch must pass each tensor's own
+    pytest.param(2, 2, 40, 70, 32, "fp32", None, "mixed", id="fp32-Nq40-Nk70-mixed-layouts"),
     pytest.param(2, 4, 512, 512, 128, "bf16", None, "bnhd", id="bf16-D128-N512", marks=gpu),
     pytest.param(1, 8, 1000, 777, 64, "bf16", 0.2, "bhnd", id="bf16-D64-Nq1000-Nk777", marks=gpu),
     pytest.param(1, 4, 1024, 2048, 32, "fp16", None, "bnhd", id="fp16-D32-Nq1024-Nk2048", marks=gpu),
@@ -41,6 +43,14 @@ def check_attention(api, q, k, v, sm_scale):
 def test_tiled_scores(api, gen, device, B, H, Nq, Nk, D, dtype, sm_scale, layout):
     q, k, _ = qkv(B, H, Nq, Nk, D, FLOAT[dtype], device, gen, layout)
     check_scores(api, q, k, sm_scale)
+
+
+@pytest.mark.points(1)
+@pytest.mark.tier("gpu")
+def test_tiled_scores_int64_offsets(api, gen):
+    """Batch 2 starts past element 2**31 of the storage: batch * stride overflows int32."""
+    q, k, _ = qkv_past_int32(2, 256, 64, torch.bfloat16, gen)
+    check_scores(api, q, k, None)
 
 
 @pytest.mark.points(1)

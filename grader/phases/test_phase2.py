@@ -4,7 +4,8 @@ import torch
 
 from grader import aot, bench, impl, numerics, timing
 from grader.honesty import graded_call, timed
-from grader.inputs import FLOAT, assert_accepts, assert_refuses, assert_rowwise_refusals, qkv, randn
+from grader.inputs import (FLOAT, assert_accepts, assert_refuses, assert_rowwise_refusals, qkv, qkv_past_int32,
+                           randn, rows_past_int32)
 
 PHASE = 2
 gpu = pytest.mark.tier("gpu")
@@ -20,6 +21,7 @@ SOFTMAX_CASES = [
     pytest.param((4, 5000), "fp32", 3.0, 1e4, "rows", id="fp32-all-near-1e4-wide"),
     pytest.param((3, 2000), "fp32", 3.0, -1e4, "rows", id="fp32-all-near-minus-1e4"),
     pytest.param((6, 96), "fp16", 1.0, 0.0, "transposed", id="fp16-noncontiguous"),
+    pytest.param((2, 3, 500), "fp32", 1.0, 0.0, "padded", id="fp32-2x3x500-rows-apart"),
     pytest.param((2, 3, 1000), "fp32", 1.0, 0.0, "rows", id="fp32-2x3x1000"),
     pytest.param((2, 10000), "fp32", 1.0, 0.0, "rows", id="fp32-wide-10000"),
     pytest.param((3, 20000), "fp16", 10.0, 0.0, "rows", id="fp16-wide-20000"),
@@ -33,6 +35,9 @@ SOFTMAX_CASES = [
 def softmax_input(shape, dtype, scale, offset, layout, device, gen):
     if layout == "transposed":  # rows of x are columns of a contiguous tensor
         x = randn(tuple(reversed(shape)), torch.float32, device, gen, scale).transpose(0, 1)
+    elif layout == "padded":  # rows 37 elements further apart than their width: the row stride is not the width
+        wide = randn((*shape[:-1], shape[-1] + 37), torch.float32, device, gen, scale)
+        return (wide + offset).to(FLOAT[dtype])[..., :shape[-1]]  # sliced last: x + offset would be compact
     else:
         x = randn(shape, torch.float32, device, gen, scale)
     return (x + offset).to(FLOAT[dtype])
@@ -46,6 +51,13 @@ def check_softmax(api, x):
 @pytest.mark.parametrize("shape, dtype, scale, offset, layout", SOFTMAX_CASES)
 def test_online_softmax(api, gen, device, shape, dtype, scale, offset, layout):
     check_softmax(api, softmax_input(shape, dtype, scale, offset, layout, device, gen))
+
+
+@pytest.mark.points(1)
+@pytest.mark.tier("gpu")
+def test_online_softmax_int64_offsets(api, gen):
+    """Row 2 starts past element 2**31 of the storage: row * stride overflows int32."""
+    check_softmax(api, rows_past_int32(1000, torch.float16, gen))
 
 
 @pytest.mark.points(1)
@@ -65,6 +77,8 @@ FLASH_CASES = [
     pytest.param(1, 2, 130, 128, 64, "fp16", None, "bnhd", id="fp16-D64-Nk128-noncontiguous"),
     pytest.param(1, 2, 33, 150, 128, "fp16", 0.05, "bnhd", id="fp16-D128-scale0.05-noncontiguous"),
     pytest.param(1, 2, 40, 200, 64, "fp16", 2.0, "bhnd", id="fp16-large-logits-scale2"),
+    # q, k and v each with strides of their own: the launch must pass each tensor's own
+    pytest.param(2, 2, 40, 70, 32, "fp16", None, "mixed", id="fp16-Nq40-Nk70-mixed-layouts"),
     pytest.param(2, 4, 512, 512, 128, "bf16", None, "bnhd", id="bf16-D128-N512", marks=gpu),
     pytest.param(1, 8, 1000, 777, 64, "bf16", 0.2, "bhnd", id="bf16-D64-Nq1000-Nk777", marks=gpu),
     pytest.param(2, 4, 2048, 2048, 32, "fp16", None, "bnhd", id="fp16-D32-N2048", marks=gpu),
@@ -83,6 +97,14 @@ def check_flash(api, q, k, v, sm_scale):
 def test_flash_attention_v1(api, gen, device, B, H, Nq, Nk, D, dtype, sm_scale, layout):
     q, k, v = qkv(B, H, Nq, Nk, D, FLOAT[dtype], device, gen, layout)
     check_flash(api, q, k, v, sm_scale)
+
+
+@pytest.mark.points(1)
+@pytest.mark.tier("gpu")
+def test_flash_attention_v1_int64_offsets(api, gen):
+    """Batch 2 starts past element 2**31 of the storage: batch * stride overflows int32."""
+    q, k, v = qkv_past_int32(2, 256, 64, torch.bfloat16, gen)
+    check_flash(api, q, k, v, None)
 
 
 @pytest.mark.points(1)

@@ -10,7 +10,7 @@ import torch
 
 from grader import aot, bench, impl, numerics, timing
 from grader.honesty import graded_call, timed
-from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv
+from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, qkv_past_int32
 
 PHASE = 3
 gpu = pytest.mark.tier("gpu")
@@ -56,6 +56,8 @@ FORWARD_CASES = [
     pytest.param(1, 1, 1, 70, 16, True, "fp16", None, "bhnd", id="fp16-causal-Nq1-Nk70"),
     pytest.param(2, 2, 40, 40, 32, True, "fp16", 0.3, "bnhd", id="fp16-causal-scale0.3-noncontiguous"),
     pytest.param(1, 3, 23, 71, 16, False, "fp32", 1.7, "bnhd", id="fp32-scale1.7-noncontiguous"),
+    # q, k and v each with strides of their own: the launch must pass each tensor's own
+    pytest.param(2, 2, 40, 70, 32, True, "fp16", None, "mixed", id="fp16-causal-Nq40-Nk70-mixed-layouts"),
     # scores in the hundreds: exp overflows float32 past 88, so the running max must be subtracted
     pytest.param(1, 2, 40, 70, 32, True, "fp32", 30.0, "bhnd", id="fp32-causal-large-logits-scale30"),
     pytest.param(2, 4, 1024, 1024, 128, True, "bf16", None, "bnhd", id="bf16-causal-N1024-D128", marks=gpu),
@@ -253,14 +255,8 @@ def test_refuses_bad_input(api, gen, device):
 @pytest.mark.tier("gpu")
 def test_int64_offsets(api, gen):
     """Batch 2 starts past element 2**31 of the storage: batch * stride overflows int32."""
-    H, N, D = 2, 256, 64
-    stride_b = 2**30 + 4096                      # fits in int32; 2 * stride_b does not
-    storage = torch.empty(2 * stride_b + 3 * H * N * D, dtype=torch.bfloat16, device="cuda")
-    storage.normal_(generator=torch.Generator("cuda").manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen))))
-    strides = (stride_b, N * D, D, 1)
-    q, k, v = (storage.as_strided((3, H, N, D), strides, i * H * N * D) for i in range(3))
+    q, k, v = qkv_past_int32(2, 256, 64, torch.bfloat16, gen)
     check_forward(api, q, k, v, causal=True)
-    del storage
 
 
 # ---------------------------------------------------------------- compile tier

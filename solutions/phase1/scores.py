@@ -43,6 +43,11 @@ def scores_kernel(q_ptr, k_ptr, s_ptr, sm_scale,
                   stride_sb, stride_sh, stride_sm, stride_sn,
                   H, N_Q, N_K,
                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    # TODO(phase 1, tile-pointers): which tile of S this program owns, and q, k, s moved to its (batch, head)
+    # Contract: the program ids match the grid that tiled_scores launches; q_ptr, k_ptr and s_ptr point at
+    # element [b, h, 0, 0] of their tensor, through the stride arguments (any layout); offs_m, offs_n are
+    # the query and key rows of the tile, offs_d = 0 .. D-1. Invariant: batch and head offsets are int64.
+    ### BEGIN SOLUTION
     start_m = tl.program_id(0)
     start_n = tl.program_id(1)
     # int64: batch and head offsets into a large tensor overflow int32.
@@ -55,6 +60,7 @@ def scores_kernel(q_ptr, k_ptr, s_ptr, sm_scale,
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
+    ### END SOLUTION
     # TODO(phase 1, score-tile): compute and store this program's (BLOCK_M, BLOCK_N) tile of S = q k^T * sm_scale
     # Contract: any strides for q, k and s (read them from the stride arguments); scores accumulate in
     # float32 (PRECISION for tl.dot); nothing outside 0..N_Q x 0..N_K is read or written.
@@ -80,9 +86,15 @@ def tiled_scores(q, k, sm_scale=None):
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     sm_scale = check_sm_scale(sm_scale, D)
+    # TODO(phase 1, launch-scores): allocate S and launch scores_kernel, one program per tile of S per (batch, head)
+    # Contract: s is a new (B, H, Nq, Nk) tensor of dtype S_DTYPE on q's device; the grid covers every
+    # tile, partial tiles at the ends included; q, k and s are passed with their own four strides, so
+    # any layout of q and k works (a transposed view included); block sizes from tile_sizes().
+    ### BEGIN SOLUTION
     s = torch.empty((B, H, Nq, Nk), dtype=S_DTYPE, device=q.device)
     BLOCK_M, BLOCK_N = tile_sizes(Nq, Nk)
     grid = (triton.cdiv(Nq, BLOCK_M), triton.cdiv(Nk, BLOCK_N), B * H)
     scores_kernel[grid](q, k, s, sm_scale, *q.stride(), *k.stride(), *s.stride(), H, Nq, Nk,
                         D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, PRECISION=dot_precision(q.dtype), num_warps=4)
+    ### END SOLUTION
     return s

@@ -19,10 +19,15 @@ MAX_BLOCK = 4096
 
 @triton.jit
 def online_softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride, BLOCK: tl.constexpr):
+    # TODO(phase 2, row-pointers): this program's row in x and in y, and the lane offsets, as in Phase 0
+    # Contract: program i of grid axis 0 owns row i; x_row and y_row point at its element 0 (rows are
+    # x_row_stride and y_row_stride elements apart); cols = 0 .. BLOCK-1; the row offset is int64.
+    ### BEGIN SOLUTION
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_row_stride
     y_row = y_ptr + row * y_row_stride
     cols = tl.arange(0, BLOCK)
+    ### END SOLUTION
     # TODO(phase 2, online-sweep): the row's max m and sum l in ONE sweep over x
     # Invariant after each chunk: m = max of what was read, l = sum over what was read of exp(x - m).
     # m and l are float32 scalars; no exponent is ever above 0.
@@ -49,12 +54,17 @@ def online_softmax_kernel(x_ptr, y_ptr, n_cols, x_row_stride, y_row_stride, BLOC
 
 def online_softmax(x):
     """softmax over the last dimension of `x` (any shape, any width, float16/bfloat16/float32)."""
-    rows, y = as_rows(x)
+    rows, y = as_rows(x)  # Phase 0's: checks x, rows with unit stride along a row, y like rows
     if rows.numel() == 0:
         return y.reshape(x.shape)
+    # TODO(phase 2, launch-online): launch online_softmax_kernel with one program per row, streaming rows in chunks of BLOCK
+    # Contract: BLOCK is a power of two, at most MAX_BLOCK, no wider than the row needs; the kernel gets
+    # the row strides of rows and of y. Invariant: every row of y is written.
+    ### BEGIN SOLUTION
     n_cols = rows.shape[1]
     block = min(triton.next_power_of_2(n_cols), MAX_BLOCK)
     num_warps = 4 if block <= 1024 else 8
     online_softmax_kernel[(rows.shape[0],)](rows, y, n_cols, rows.stride(0), y.stride(0),
                                             BLOCK=block, num_warps=num_warps)
+    ### END SOLUTION
     return y.reshape(x.shape)

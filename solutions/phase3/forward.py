@@ -80,24 +80,33 @@ def _attn_fwd(Q, K, V, O, LSE, sm_scale,
     # they read the same K and V while it sits in L2. Within a head the query blocks go last
     # first: under a causal mask they are the longest, and starting them early shortens the tail.
     pid = tl.program_id(0)
-    start_m = N_M_BLOCKS - 1 - pid % N_M_BLOCKS
+    offs_d = tl.arange(0, HEAD_DIM)  # the head dimension: D contiguous values per row
+    # TODO(phase 3, setup): this program's query block and (batch, head), base pointers, the q block and the first K and V tiles
+    # Contract: decode pid the way flash_attention_forward numbers its 1-D grid: the N_M_BLOCKS query
+    # blocks of one (batch, head) are neighbours, last block first; off_bh = b * H + h. q_base, k_base,
+    # v_base, o_base point at element [b, h, 0, 0] through the batch and head strides, in int64; rows
+    # are stride_*n apart, D contiguous (offs_d). offs_m: the block's query rows; offs_n: 0 .. BLOCK_N-1;
+    # row_ok: rows < N_Q. q: the (BLOCK_M, HEAD_DIM) query block, rows past N_Q read as 0; k_ptrs and
+    # v_ptrs: the (BLOCK_N, HEAD_DIM) tiles of keys 0 .. BLOCK_N-1 (the inner loop moves them on).
+    ### BEGIN SOLUTION
+    start_m = N_M_BLOCKS - 1 - (pid % N_M_BLOCKS)  # a head's last query block first
     off_bh = pid // N_M_BLOCKS
-    off_b = off_bh // H
-    off_h = off_bh % H
-    # int64: batch * stride overflows int32 once a tensor holds more than 2**31 elements.
-    q_base = Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
-    k_base = K + off_b.to(tl.int64) * stride_kb + off_h.to(tl.int64) * stride_kh
-    v_base = V + off_b.to(tl.int64) * stride_vb + off_h.to(tl.int64) * stride_vh
-    o_base = O + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
+    # int64 before any multiply: batch * stride overflows int32 once a tensor holds more than 2**31 elements.
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+    q_base = Q + off_b * stride_qb + off_h * stride_qh
+    k_base = K + off_b * stride_kb + off_h * stride_kh
+    v_base = V + off_b * stride_vb + off_h * stride_vh
+    o_base = O + off_b * stride_ob + off_h * stride_oh
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m[:, None] < N_Q
+    row_ok = (offs_m < N_Q)[:, None]
     # q stays in registers for the whole sweep; rows past N_Q are zeros whose results are dropped.
     q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok, other=0.0)
     k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
     v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+    ### END SOLUTION
 
     # TODO(phase 3, init): start the online softmax's running state
     # Contract: m_i, l_i (BLOCK_M,) and acc (BLOCK_M, HEAD_DIM), float32, hold 'no key seen yet', so
@@ -192,11 +201,18 @@ def flash_attention_forward(q, k, v, causal=False, sm_scale=None, config=None):
     # Any strides for B, H and N; the kernel reads rows of D contiguous values (a rare view with a
     # strided last dimension is copied once rather than loaded element by element).
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    o = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
     block_m, block_n, num_warps, num_stages = config or _config(q, k, causal)
     if block_m % block_n:
         raise ValueError(f"config: BLOCK_M={block_m} must be a multiple of BLOCK_N={block_n}")
+    # TODO(phase 3, launch): allocate o and lse and launch _attn_fwd on a 1-D grid: every query block of every (batch, head)
+    # Contract: o is a new (B, H, Nq, D) tensor in q's dtype, lse a new (B, H, Nq) float32 tensor, both
+    # contiguous on q's device (the kernel stores lse at (b * H + h) * Nq + row); one program per
+    # (query block, batch, head), the partial last block included, numbered as the kernel decodes pid;
+    # the batch, head and row strides of q, k, v and o are passed (D is contiguous); block sizes and
+    # launch options from the chosen config; float32 inputs get exact dots (DOT_PRECISION "ieee").
+    ### BEGIN SOLUTION
+    o = q.new_empty((B, H, Nq, D))
+    lse = q.new_empty((B, H, Nq), dtype=torch.float32)
     n_m_blocks = triton.cdiv(Nq, block_m)
     grid = (n_m_blocks * B * H,)
     _attn_fwd[grid](
@@ -204,7 +220,7 @@ def flash_attention_forward(q, k, v, causal=False, sm_scale=None, config=None):
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
         H, Nq, Nk, n_m_blocks,
-        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=num_stages)
+        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
+        CAUSAL=causal, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    ### END SOLUTION
     return o, lse

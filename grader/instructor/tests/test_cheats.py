@@ -17,15 +17,14 @@ from grader.honesty import HonestyError, graded_call
 from grader.impl import ROOT
 from grader.instructor.tests import submissions
 
-SOFTMAX_RETURN = """    softmax_kernel[(rows.shape[0],)](rows, y, n_cols, rows.stride(0), y.stride(0),
+SOFTMAX_LAUNCH = """    softmax_kernel[(rows.shape[0],)](rows, y, n_cols, rows.stride(0), y.stride(0),
                                      BLOCK=block, ONE_BLOCK=n_cols <= block, num_warps=num_warps)
-    return y.reshape(x.shape)"""
+"""
 
 
 def _softmax_returning(expression: str) -> dict:
     """phase0/softmax.py that launches its kernel as a token, then returns `expression` instead."""
-    return {"phase0/softmax.py": [(SOFTMAX_RETURN, SOFTMAX_RETURN.replace(
-        "    return y.reshape(x.shape)", f"    return ({expression}).to(x.dtype)"))]}
+    return {"phase0/softmax.py": [(SOFTMAX_LAUNCH, SOFTMAX_LAUNCH + f"    return ({expression}).to(x.dtype)\n")]}
 
 
 def _assert_function_zeroed(proc, report, rows, function, prefix):
