@@ -151,7 +151,7 @@ def _attn_fwd(Q, K, V, O, LSE, sm_scale, softcap,
     # too (h = hk * GROUP + g), so their programs read the same K/V while it sits in L2.
     pid = tl.program_id(0)
     start_m = (N_M_BLOCKS - 1 - pid % N_M_BLOCKS) * BLOCK_M
-    off_bh = pid // N_M_BLOCKS
+    off_bh = tl.program_id(0) // N_M_BLOCKS  # (batch, head) of this program
     off_b = off_bh // H
     off_h = off_bh % H
     # TODO(phase 7, heads): the base pointers of this program's q and o head, and of the K/V head it reads
@@ -233,8 +233,7 @@ def attention_forward(q, k, v, opts: Options, out_dtype=None, config=None):
     n_m_blocks = triton.cdiv(N_Q, block_m)
     _attn_fwd[(n_m_blocks * B * H,)](
         q, k, v, o, lse, opts.sm_scale, opts.softcap or 1.0,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],  # the last strides are 1
         H, opts.group, N_Q, N_K, n_m_blocks, opts.left, opts.right,
         HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=block_m, BLOCK_N=block_n, SOFTCAP=opts.softcap > 0,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
