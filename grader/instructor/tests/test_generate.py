@@ -173,18 +173,25 @@ def test_check_solutions_grades_fresh_stubs_not_the_students_exercises(monkeypat
 
     graded = []
 
-    def fake_grade(cmd, **kwargs):
-        impl, report = cmd[cmd.index("--impl") + 1], cmd[cmd.index("--report") + 1]
-        graded.append(impl)
-        stubs = impl not in ("solutions", "exercises")
-        if stubs:
-            assert "NotImplementedError" in (Path(impl) / "phase0" / "reference.py").read_text()
-        Path(report).parent.mkdir(parents=True, exist_ok=True)
-        Path(report).write_text(json.dumps({"score": 0 if stubs else 5, "max_score_run": 5, "tests": [
-            {"name": "t", "outcome": "failed" if stubs else "passed", "message": "TODO phase 0: x" if stubs else ""}]}))
-        return subprocess.CompletedProcess(cmd, 1 if stubs else 0, "", "")
+    class FakeGrading:  # stands in for the grading process check-solutions starts
+        def __init__(self, cmd, **kwargs):
+            impl, report = cmd[cmd.index("--impl") + 1], cmd[cmd.index("--report") + 1]
+            graded.append(impl)
+            stubs = impl not in ("solutions", "exercises")
+            if stubs:
+                assert "NotImplementedError" in (Path(impl) / "phase0" / "reference.py").read_text()
+            Path(report).parent.mkdir(parents=True, exist_ok=True)
+            Path(report).write_text(json.dumps({"score": 0 if stubs else 5, "max_score_run": 5, "tests": [
+                {"name": "t", "outcome": "failed" if stubs else "passed",
+                 "message": "TODO phase 0: x" if stubs else ""}]}))
+            self.returncode = 1 if stubs else 0
 
-    monkeypatch.setattr(cli.subprocess, "run", fake_grade)
+        def wait(self):
+            return self.returncode
+
+        poll = wait
+
+    monkeypatch.setattr(cli.subprocess, "Popen", FakeGrading)
     monkeypatch.setattr(cli, "report_path", lambda phase, tree: str(tmp_path / f"phase{phase}-{tree}.json"))
     assert cli.check_solutions([0]) == 0
     assert graded[0] == "solutions" and "exercises" not in graded and not Path(graded[1]).exists()
