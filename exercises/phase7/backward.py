@@ -5,7 +5,10 @@
 - grouped-query attention: a K/V head serves GROUP query heads, so its dK and dV are sums over
   the query heads of the group. One dK/dV program owns a block of keys of one K/V head and loops
   over the group's query heads, accumulating on chip: no K/V is repeated per head, no per-head dK
-  is written and summed afterwards, and no two programs write the same rows (no atomics);
+  is written and summed afterwards, and no two programs write the same rows (no atomics). The
+  programs are launched longest first (all heads' first key blocks, the longest under a causal
+  mask, before any second block): with G times fewer, G times longer programs than dense
+  attention, the order is what keeps the last wave from running alone (see DKDV_* below);
 - the band: query i sees key j iff j - WIN_RIGHT <= i <= j + WIN_LEFT, so a key block is seen by a
   band of query blocks, found by the forward's `_key_range` with the roles of the two swapped;
 - soft-capping: the chain rule through c = softcap * tanh(s / softcap) multiplies dS by
@@ -76,9 +79,20 @@ def _bwd_dkdv(Q, K, V, DO, LSE2, DELTA, DK, DV, sm_scale, softcap,
               stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
               H, GROUP, N_Q, N_K, WIN_LEFT, WIN_RIGHT,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              SOFTCAP: tl.constexpr, PRECISION: tl.constexpr):
-    start_n = tl.program_id(0) * BLOCK_N
-    bhk = tl.program_id(1)
+              SOFTCAP: tl.constexpr, PRECISION: tl.constexpr, HEADS_FASTEST: tl.constexpr,
+              GROUP_SPLITS: tl.constexpr):
+    # Programs start in the order of their ids, axis 0 fastest. HEADS_FASTEST: every (batch, K/V head)'s
+    # key block 0 first, then every block 1, ...: the longest programs under a causal mask go first.
+    if HEADS_FASTEST:
+        heads, block = tl.program_id(0), tl.program_id(1)
+    else:
+        block, heads = tl.program_id(0), tl.program_id(1)
+    start_n = block * BLOCK_N
+    # GROUP_SPLITS > 1: the group's query heads are shared among that many programs (heads g_lo .. g_hi - 1
+    # each), which add their dk and dv into float32 DK and DV with atomics.
+    bhk = heads // GROUP_SPLITS
+    g_lo = heads % GROUP_SPLITS * (GROUP // GROUP_SPLITS)
+    g_hi = g_lo + GROUP // GROUP_SPLITS
     H_KV = H // GROUP
     b, hk = (bhk // H_KV).to(tl.int64), (bhk % H_KV).to(tl.int64)
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -90,16 +104,21 @@ def _bwd_dkdv(Q, K, V, DO, LSE2, DELTA, DK, DV, sm_scale, softcap,
                 other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    # TODO(phase 7, dkdv-group): dK and dV of this K/V head: the sum over the GROUP query heads it serves
-    # Contract: every query row of every head of the group that sees a key of this block is visited exactly
-    # once (the masked edges with MASK=True, the whole blocks without); query blocks that see none of these
-    # keys are never loaded; the sum stays on chip (no copy of K/V, no per-head dK written and summed later).
-    tl.static_assert(False, "phase 7: dK and dV of this K/V head: the sum over the GROUP query heads it serves")
+    # TODO(phase 7, dkdv-group): dK and dV of this K/V head: the sum over the query heads g_lo .. g_hi - 1
+    # Contract: every query row of every head g_lo .. g_hi - 1 of the group (all GROUP of them unless the
+    # launcher splits the group) that sees a key of this block is visited exactly once (the masked edges
+    # with MASK=True, the whole blocks without); query blocks that see none of these keys are never loaded;
+    # the sum stays on chip (no copy of K/V, no per-head dK written and summed later).
+    tl.static_assert(False, "phase 7: dK and dV of this K/V head: the sum over the query heads g_lo .. g_hi - 1")
     dk *= sm_scale  # s = sm_scale * q k^T (before the cap): dK = sm_scale * dS^T q
-    tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=kv_ok)
-    tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=kv_ok)
+    dk_ptrs = DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
+    dv_ptrs = DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
+    if GROUP_SPLITS > 1:  # DK and DV are float32, zeroed: the GROUP_SPLITS programs of this block add up
+        tl.atomic_add(dk_ptrs, dk, mask=kv_ok, sem="relaxed")
+        tl.atomic_add(dv_ptrs, dv, mask=kv_ok, sem="relaxed")
+    else:
+        tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_ok)
+        tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_ok)
 
 
 @triton.jit
@@ -174,6 +193,18 @@ CONFIG_FP32 = {d: ((16, 32, 4, 2), (32, 16, 4, 2)) for d in (16, 32, 64, 128)} |
                                                                                        (16, 16, 4, 1))}
 CONFIG_INTERPRETER = ((16, 32, 1, 1), (32, 16, 1, 1))
 PRE_BLOCK = 32
+# The dK/dV grid. With GQA there are G times fewer programs than with dense attention, each G times
+# longer; under a causal mask their lengths range from 1 to N / BLOCK_M query blocks, and in the order
+# of Phase 4's grid (key blocks fastest) the long programs of the last heads start late and run alone
+# at the end. DKDV_HEADS_FASTEST launches every head's block 0, then every block 1, ...: longest first.
+# DKDV_GROUP_SPLITS > 1 shares each group among that many programs (float32 atomics, then a cast).
+DKDV_HEADS_FASTEST = True
+DKDV_GROUP_SPLITS = 1
+
+
+def group_splits(group: int) -> int:
+    """The largest divisor of `group` not above DKDV_GROUP_SPLITS."""
+    return max(s for s in range(1, min(DKDV_GROUP_SPLITS, group) + 1) if group % s == 0)
 
 
 def backward_config(q) -> tuple:
@@ -205,20 +236,28 @@ def attention_backward(do, q, k, v, o, lse, opts: Options, grad_dtype=None, conf
 
     dtype = grad_dtype or q.dtype
     dq = torch.empty(q.shape, dtype=dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=dtype, device=q.device)
-    dv = torch.empty(v.shape, dtype=dtype, device=q.device)
-    _bwd_dkdv[(triton.cdiv(N_K, n1), B * H_kv)](
+    splits = group_splits(opts.group)
+    if splits > 1:
+        dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
+        dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
+    else:
+        dk = torch.empty(k.shape, dtype=dtype, device=q.device)
+        dv = torch.empty(v.shape, dtype=dtype, device=q.device)
+    grid = (triton.cdiv(N_K, n1), B * H_kv * splits)
+    _bwd_dkdv[grid[::-1] if DKDV_HEADS_FASTEST else grid](
         q, k, v, do, lse2, delta, dk, dv, opts.sm_scale, softcap,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
         H, opts.group, N_Q, N_K, opts.left, opts.right,
         HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=m1, BLOCK_N=n1, SOFTCAP=opts.softcap > 0, PRECISION=precision,
-        num_warps=warps1, num_stages=stages1)
+        HEADS_FASTEST=DKDV_HEADS_FASTEST, GROUP_SPLITS=splits, num_warps=warps1, num_stages=stages1)
     _bwd_dq[(triton.cdiv(N_Q, m2), B * H)](
         q, k, v, do, lse2, delta, dq, opts.sm_scale, softcap,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
         H, opts.group, N_Q, N_K, opts.left, opts.right,
         HEAD_DIM=D, BLOCK_D=bd, BLOCK_M=m2, BLOCK_N=n2, SOFTCAP=opts.softcap > 0, PRECISION=precision,
         num_warps=warps2, num_stages=stages2)
+    if splits > 1:
+        dk, dv = dk.to(dtype), dv.to(dtype)
     return dq, dk, dv
 
 

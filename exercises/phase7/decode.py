@@ -16,6 +16,8 @@ FLOPs). Split-KV (flash-decoding) restores the parallelism:
   `merge_partials`, for S partials at once (`merge_splits_with_partials` below does it with
   `merge_partials` itself, pairwise; the lesson measures why one fused kernel is needed at batch 1).
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -28,7 +30,7 @@ from .options import UNBOUNDED, block_d, check_heads, check_sm_scale, next_power
 @triton.jit
 def _decode_split(Q, K, V, SEQLENS, O_PART, LSE_PART, sm_scale,
                   stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-                  H_KV, GROUP, N_Q, TOTAL_ROWS, NUM_SPLITS, BIG,
+                  H_KV, GROUP, N_Q, N_MAX, TOTAL_ROWS, NUM_SPLITS, BIG,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   DOT_PRECISION: tl.constexpr):
     split = tl.program_id(0)
@@ -46,7 +48,9 @@ def _decode_split(Q, K, V, SEQLENS, O_PART, LSE_PART, sm_scale,
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     K += b * stride_kb + hk * stride_kh
     V += b * stride_vb + hk * stride_vh
-    seqlen = tl.load(SEQLENS + b)
+    # Clamped into the cache: the launcher checks the lengths only after the launch (a bad one raises
+    # then), so the kernel must be safe for any value: it never reads outside sequence b's cache.
+    seqlen = tl.minimum(tl.maximum(tl.load(SEQLENS + b), 0), N_MAX).to(tl.int32)
     m_i, l_i, acc = _empty_state(BLOCK_M, BLOCK_D)
     # TODO(phase 7, split): this program's share of sequence b's cache, through the online softmax
     # Contract: the NUM_SPLITS splits of a sequence partition its keys 0 .. seqlen - 1 (this sequence's own
@@ -89,12 +93,28 @@ def _combine_splits(O_PART, LSE_PART, O, stride_ob, stride_oh, stride_on, H, N_Q
 # cost more than the parallelism gains.
 MIN_SPLIT_KEYS = 256
 MAX_SPLITS = 128
+# How many split programs the grid aims at per SM (the lesson's measurements chose it).
+PROGRAMS_PER_SM = 2
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.cache
+def _major(device_index: int) -> int:
+    return torch.cuda.get_device_capability(device_index)[0]
+
+
+def _index(device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def choose_num_splits(programs: int, n_max: int, device) -> int:
-    """Enough splits for about two programs per SM, each split at least MIN_SPLIT_KEYS long."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    want = triton.cdiv(2 * sms, programs)
+    """Enough splits for about PROGRAMS_PER_SM programs per SM, each split at least MIN_SPLIT_KEYS long."""
+    sms = _sm_count(_index(device)) if device.type == "cuda" else 4
+    want = triton.cdiv(PROGRAMS_PER_SM * sms, programs)
     return max(1, min(want, triton.cdiv(n_max, MIN_SPLIT_KEYS), MAX_SPLITS))
 
 
@@ -107,11 +127,53 @@ def decode_config(q) -> tuple:
         return 32, 4, 2
     # Memory-bound: what matters is bytes in flight per SM. 64-key tiles in 3 stages (96 KB at D=128) let
     # two programs share an SM (the grid aims at two per SM); D=256 halves the tile.
-    big_smem = torch.cuda.get_device_capability(q.device)[0] >= 9
+    big_smem = _major(_index(q.device)) >= 9
     return (32 if bd >= 256 else 64), 4, (3 if big_smem else 2)
 
 
+_SIDE_STREAMS: dict = {}
+
+
+class SeqlensCheck:
+    """The values of cache_seqlens, checked on the host while the kernels run (as Phase 6's
+    CuSeqlensCheck): reading them before the launch would leave the GPU idle for two round trips.
+
+        check = SeqlensCheck(cache_seqlens, n_max)   # before the launch
+        kernel[grid](...)                            # safe for any value: it clamps each length
+        check.finish()                               # ValueError if a length lies outside 0 .. n_max
+    """
+
+    def __init__(self, cache_seqlens, n_max):
+        self.seqlens, self.n_max, self.side = cache_seqlens, n_max, None
+        if cache_seqlens.is_cuda:
+            index = _index(cache_seqlens.device)
+            if index not in _SIDE_STREAMS:
+                _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+            # The copy waits for what the current stream holds now (whatever wrote the lengths), not for
+            # the kernels launched next: made after the launch, it runs beside them.
+            self.side = _SIDE_STREAMS[index]
+            self.side.wait_stream(torch.cuda.current_stream(cache_seqlens.device))
+
+    def finish(self) -> None:
+        if self.side is None:  # CPU (the interpreter): the values are already on the host
+            values = self.seqlens.tolist()
+        else:
+            # A copy into pinned memory is the copy engine's work: no kernel queued behind the split programs.
+            host = torch.empty(self.seqlens.shape, dtype=self.seqlens.dtype, pin_memory=True)
+            with torch.cuda.stream(self.side):
+                host.copy_(self.seqlens, non_blocking=True)
+                landed = self.side.record_event()
+            landed.synchronize()  # the host waits for the copy only; the kernels go on
+            values = host.tolist()
+        low, high = min(values, default=0), max(values, default=0)
+        if low < 0 or high > self.n_max:
+            # A length past the cache would have read other memory, silently: the kernel clamped it.
+            raise ValueError(f"cache_seqlens must lie in 0 .. N_max = {self.n_max} (the cache's length), got "
+                             f"values from {low} to {high}")
+
+
 def _check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits):
+    """Everything but the lengths' values (see SeqlensCheck): no device-to-host copy before the launch."""
     group = check_heads(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"))
     if not isinstance(cache_seqlens, torch.Tensor):
         raise TypeError(f"cache_seqlens must be a torch.Tensor of lengths, got {type(cache_seqlens).__name__}")
@@ -121,20 +183,14 @@ def _check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits):
         raise ValueError(f"cache_seqlens must have shape (B,) = ({q.shape[0]},), got {tuple(cache_seqlens.shape)}")
     if cache_seqlens.device != q.device:
         raise ValueError(f"cache_seqlens is on {cache_seqlens.device}, q on {q.device}")
-    n_max = k_cache.shape[2]
-    # One small device-to-host copy: a length past the cache would read other memory, silently.
-    low, high = int(cache_seqlens.min()), int(cache_seqlens.max())
-    if low < 0 or high > n_max:
-        raise ValueError(f"cache_seqlens must lie in 0 .. N_max = {n_max} (the cache's length), got values "
-                         f"from {low} to {high}")
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
                                    or not 1 <= num_splits <= 1024):
         raise ValueError(f"num_splits must be None or an int in 1 .. 1024, got {num_splits!r}")
     return group
 
 
-def decode_partials(q, k_cache, v_cache, cache_seqlens, sm_scale=None, num_splits=None, config=None):
-    """The split kernel alone: (o_part (S, B*H*Nq, D) float32, lse_part (S, B*H*Nq) float32, S)."""
+def _launch_split(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits, config):
+    """Checks the arguments and launches the split kernel: (o_part, lse_part, splits, the SeqlensCheck)."""
     group = _check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits)
     sm_scale = check_sm_scale(sm_scale, q.shape[-1])
     B, H, N_Q, D = q.shape
@@ -148,12 +204,20 @@ def decode_partials(q, k_cache, v_cache, cache_seqlens, sm_scale=None, num_split
     total_rows = B * H * N_Q
     o_part = torch.empty((splits, total_rows, D), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((splits, total_rows), dtype=torch.float32, device=q.device)
+    check = SeqlensCheck(cache_seqlens, n_max)
     _decode_split[(splits, B * H_kv, row_blocks)](
-        q, k_cache, v_cache, cache_seqlens.to(torch.int32), o_part, lse_part, sm_scale,
+        q, k_cache, v_cache, cache_seqlens, o_part, lse_part, sm_scale,
         *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3],
-        H_kv, group, N_Q, total_rows, splits, UNBOUNDED,
+        H_kv, group, N_Q, n_max, total_rows, splits, UNBOUNDED,
         HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
+    return o_part, lse_part, splits, check
+
+
+def decode_partials(q, k_cache, v_cache, cache_seqlens, sm_scale=None, num_splits=None, config=None):
+    """The split kernel alone: (o_part (S, B*H*Nq, D) float32, lse_part (S, B*H*Nq) float32, S)."""
+    o_part, lse_part, splits, check = _launch_split(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits, config)
+    check.finish()
     return o_part, lse_part, splits
 
 
@@ -167,12 +231,13 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, sm_scale=None, num_splits=N
     to fill the GPU, from the shape). Returns o (B, H, Nq, D) in q's dtype; a sequence of length 0 gets 0.
     Not differentiable (decoding needs no gradient).
     """
-    o_part, lse_part, splits = decode_partials(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits)
+    o_part, lse_part, splits, check = _launch_split(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits, None)
     B, H, N_Q, D = q.shape
     o = torch.empty((B, H, N_Q, D), dtype=q.dtype, device=q.device)
     _combine_splits[(B * H * N_Q,)](
         o_part, lse_part, o, *o.stride()[:3], H, N_Q, B * H * N_Q, splits,
         HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_S=max(2, next_power_of_2(splits)), num_warps=1 if D <= 64 else 4)
+    check.finish()  # both kernels are queued: the GPU works while the host reads the lengths
     return o
 
 

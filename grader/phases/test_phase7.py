@@ -580,7 +580,7 @@ def _backward_specs(module, dtype, D, cfg, softcap, arch):
     tail = _ints(["H", "GROUP", "N_Q", "N_K", "WIN_LEFT", "WIN_RIGHT"])
     sig = _ptrs(["Q", "K", "V", "DO"], dtype) | _ptrs(["LSE2", "DELTA"], "fp32") | _ptrs(["DK", "DV"], dtype)
     sig |= {"sm_scale": "fp32", "softcap": "fp32"} | _ints(_strides("q", "k", "v", "do", "dk", "dv"), "i64") | tail
-    consts = common | {"BLOCK_M": m1, "BLOCK_N": n1}
+    consts = common | {"BLOCK_M": m1, "BLOCK_N": n1, "HEADS_FASTEST": True, "GROUP_SPLITS": 1}
     label = f"{dtype} D={D}{' softcap' if softcap else ''}"
     specs = [aot.KernelSpec("backward", "_bwd_dkdv", sig | {c: "constexpr" for c in consts}, consts, w1, s1,
                             f"{label} {m1}x{n1} w{w1} s{s1} (for sm_{arch})", archs=(arch,))]
@@ -595,7 +595,8 @@ def _backward_specs(module, dtype, D, cfg, softcap, arch):
 def _decode_specs(module, dtype, D, cfg, arch):
     block_n, warps, stages = cfg
     sig = _ptrs("QKV", dtype) | {"SEQLENS": "*i32"} | _ptrs(["O_PART", "LSE_PART"], "fp32") | {"sm_scale": "fp32"}
-    sig |= _ints(_strides("q", "k", "v")) | _ints(["H_KV", "GROUP", "N_Q", "TOTAL_ROWS", "NUM_SPLITS", "BIG"])
+    sig |= _ints(_strides("q", "k", "v")) | _ints(["H_KV", "GROUP", "N_Q", "N_MAX", "TOTAL_ROWS", "NUM_SPLITS",
+                                                                 "BIG"])
     consts = {"HEAD_DIM": D, "BLOCK_D": module.block_d(D), "BLOCK_M": 16, "BLOCK_N": block_n,
               "DOT_PRECISION": "ieee" if dtype == "fp32" else "tf32"}
     specs = [aot.KernelSpec("decode", "_decode_split", sig | {c: "constexpr" for c in consts}, consts, warps, stages,

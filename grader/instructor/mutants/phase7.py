@@ -27,7 +27,7 @@ MUTANTS = [
            "K and V repeated to every query head before the kernel (right values, H/H_kv times the memory)",
            tests=FORWARD_TESTS),
     Mutant("p7-dkdv-first-head-of-group-only", BWD,
-           (("for g in range(0, GROUP):", "for g in range(0, 1):"),),
+           (("for g in range(g_lo, g_hi):", "for g in range(g_lo, g_lo + 1):"),),
            "dK/dV of a K/V head from the first query head of its group only", tests=BACKWARD_TESTS),
     Mutant("p7-dq-kv-head-is-query-head", BWD,
            (("    hk = h // GROUP\n", "    hk = h\n"),),
