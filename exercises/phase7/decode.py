@@ -94,7 +94,7 @@ def _combine_splits(O_PART, LSE_PART, O, stride_ob, stride_oh, stride_on, H, N_Q
 MIN_SPLIT_KEYS = 256
 MAX_SPLITS = 128
 # How many split programs the grid aims at per SM (the lesson's measurements chose it).
-PROGRAMS_PER_SM = 2
+PROGRAMS_PER_SM = 4  # measured on an H100 (assets/phase7/decode-variants.json): 4 beat 2 and 8
 
 
 @functools.cache
@@ -125,45 +125,38 @@ def decode_config(q) -> tuple:
     bd = block_d(q.shape[-1])
     if q.dtype == torch.float32:
         return 32, 4, 2
-    # Memory-bound: what matters is bytes in flight per SM. 64-key tiles in 3 stages (96 KB at D=128) let
-    # two programs share an SM (the grid aims at two per SM); D=256 halves the tile.
+    # Memory-bound: what matters is bytes in flight per SM. 64-key tiles in 3 stages let several programs
+    # share an SM (the grid aims at PROGRAMS_PER_SM); two warps stream a 64-key tile as fast as four on
+    # an H100 and leave room for more programs; D=256 halves the tile.
     big_smem = _major(_index(q.device)) >= 9
-    return (32 if bd >= 256 else 64), 4, (3 if big_smem else 2)
-
-
-_SIDE_STREAMS: dict = {}
+    return (32 if bd >= 256 else 64), (4 if bd >= 256 else 2), (3 if big_smem else 2)
 
 
 class SeqlensCheck:
-    """The values of cache_seqlens, checked on the host while the kernels run (as Phase 6's
-    CuSeqlensCheck): reading them before the launch would leave the GPU idle for two round trips.
+    """The values of cache_seqlens, checked on the host after the kernels are queued: reading them before
+    the launch would leave the GPU idle for a round trip, longer than the whole step at batch 1.
 
         check = SeqlensCheck(cache_seqlens, n_max)   # before the launch
         kernel[grid](...)                            # safe for any value: it clamps each length
         check.finish()                               # ValueError if a length lies outside 0 .. n_max
+
+    The copy to the host queues behind the kernels on the same stream, so the host waits for the step
+    to end (decoding needs its result next anyway) and the GPU never waits for the host. (Phase 6
+    copies on a side stream instead, beside a kernel long enough to hide it; here the kernels last tens
+    of microseconds and the side stream's wait measured longer than the step.)
     """
 
     def __init__(self, cache_seqlens, n_max):
-        self.seqlens, self.n_max, self.side = cache_seqlens, n_max, None
-        if cache_seqlens.is_cuda:
-            index = _index(cache_seqlens.device)
-            if index not in _SIDE_STREAMS:
-                _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
-            # The copy waits for what the current stream holds now (whatever wrote the lengths), not for
-            # the kernels launched next: made after the launch, it runs beside them.
-            self.side = _SIDE_STREAMS[index]
-            self.side.wait_stream(torch.cuda.current_stream(cache_seqlens.device))
+        self.seqlens, self.n_max = cache_seqlens, n_max
 
     def finish(self) -> None:
-        if self.side is None:  # CPU (the interpreter): the values are already on the host
+        if not self.seqlens.is_cuda:  # CPU (the interpreter): the values are already on the host
             values = self.seqlens.tolist()
         else:
-            # A copy into pinned memory is the copy engine's work: no kernel queued behind the split programs.
             host = torch.empty(self.seqlens.shape, dtype=self.seqlens.dtype, pin_memory=True)
-            with torch.cuda.stream(self.side):
-                host.copy_(self.seqlens, non_blocking=True)
-                landed = self.side.record_event()
-            landed.synchronize()  # the host waits for the copy only; the kernels go on
+            host.copy_(self.seqlens, non_blocking=True)
+            landed = torch.cuda.current_stream(self.seqlens.device).record_event()
+            landed.synchronize()
             values = host.tolist()
         low, high = min(values, default=0), max(values, default=0)
         if low < 0 or high > self.n_max:
