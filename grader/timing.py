@@ -1,5 +1,7 @@
 """GPU measurements: time, bandwidth, peak memory, and the two ceilings of the device, measured
 rather than taken from a datasheet. Shared by the graders and the lessons' measurements."""
+import gc
+
 import torch
 
 from grader import gpulock
@@ -47,12 +49,20 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
 
 def peak_extra_bytes(fn) -> int:
     """The most CUDA memory `fn()` holds at once beyond what was allocated before it (bytes), its
-    output included: what a kernel keeps alive (S and P, or only o), measured by PyTorch's allocator."""
+    output included: what a kernel keeps alive (S and P, or only o), measured by PyTorch's allocator.
+    Garbage from earlier tests is collected first: freed during `fn()` by Python's cycle collector, it
+    would lower the allocated bytes under `before` and hide what `fn()` allocated (Phase 4's memory
+    test read 4 MiB instead of 16 MiB once, graded after other tests)."""
+    gc.collect()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
+    gc.disable()  # and none collected while it runs
+    try:
+        fn()
+        torch.cuda.synchronize()
+    finally:
+        gc.enable()
     return torch.cuda.max_memory_allocated() - before
 
 
