@@ -76,7 +76,10 @@ def _mutants() -> str:
             ["phase", "mutants", "graded here", "killed", "kill rate", "not run here (need a GPU)"], rows))
         parts.append(f"*`make mutants` on {env['device']}, torch {env['torch']}, Triton {env['triton']}, "
                      f"{data['date']}: {s['wall_seconds']:.0f} s with {s['jobs']} processes"
-                     + (f"; survivors: {', '.join(s['survived'])}" if s["survived"] else "") + ".*\n")
+                     + (f"; survivors: {', '.join(s['survived'])}" if s["survived"] else "")
+                     + (f"; grading runs that went wrong: {', '.join(s['errors'])} (a control is the unmutated "
+                        "solution on the same tests: it must pass for a kill to count)" if s.get("errors") else "")
+                     + ".*\n")
         fixes = [m for m in data["mutants"] if m.get("killed_by")]
         if fixes and where == runs[0][0]:
             parts.append("Mutants that needed (or owe their death to) a grader change:\n\n" + common.markdown_table(
