@@ -110,8 +110,8 @@ def _grading_times() -> str:
             row += [f"{times['cold']['seconds']:.0f} s", f"{times['warm']['seconds']:.0f} s"] if times else ["-", "-"]
         rows.append(row)
     return (common.markdown_table(header, rows) + "\n*Wall time of the whole `make grade PHASE=N IMPL=solutions` "
-            "command, start-up included; " + "; ".join(notes) + ". Regenerate: `python -m grader.instructor.grading_times` "
-            "on the machine, then `make figures`.*\n")
+            "command, start-up included; " + "; ".join(notes) + ". Regenerate: "
+            "`python -m grader.instructor.grading_times` on the machine, then `make figures`.*\n")
 
 
 def update() -> list[str]:
