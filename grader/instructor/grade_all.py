@@ -234,7 +234,8 @@ def main(argv=None) -> int:
                         help=f"seconds each submission may take (default {settings.GRADE_TIMEOUT.default}, "
                              f"or {settings.GRADE_TIMEOUT.name})")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="submissions graded at once (default 1; keep 1 on a GPU: throughput is timed)")
+                        help="submissions graded at once (default 1; on a GPU each timing still gets the machine "
+                             "alone: grader/gpulock.py)")
     parser.add_argument("--regrade", action="store_true", help="grade again even what is already done")
     args = parser.parse_args(argv)
 
