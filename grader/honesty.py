@@ -27,6 +27,7 @@ code runs with the grader's permissions and could undo any of it (see the instru
 import contextlib
 import os
 import sys
+import types
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -307,3 +308,20 @@ def timed(fn, *inputs, what=None):
                                cheat=True, function=what)
         return out
     return call
+
+
+def tensors_in(value, depth=0):
+    """Every tensor in `value`, looking inside lists, tuples, dicts and plain objects: what an autograd
+    context keeps for the backward (P hidden in a list or an object attribute counts too)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if depth > 4:
+        return []
+    if isinstance(value, dict):
+        value = list(value.values())
+    elif isinstance(value, (types.ModuleType, type, types.FunctionType, types.MethodType)):
+        return []
+    elif not isinstance(value, (list, tuple, set, frozenset)):
+        value = list(getattr(value, "__dict__", {}).values())
+    found = {id(t): t for item in value for t in tensors_in(item, depth + 1)}  # each tensor once
+    return list(found.values())

@@ -5,13 +5,12 @@ phase-3 mistake costs no points here. The autograd function, the saved-tensor ch
 training run use the student's own phase-3 forward: they are the integration.
 """
 import copy
-import types
 
 import pytest
 import torch
 
 from grader import aot, bench, cost, impl, numerics, runtime, timing
-from grader.honesty import graded_call, timed
+from grader.honesty import graded_call, tensors_in, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, randn
 
 PHASE = 4
@@ -155,23 +154,6 @@ def test_flash_attention_autograd_with_scale(api, gen, device, causal):
     check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), sdpa_grads(q, k, v, do, causal, sm_scale), q.dtype)
 
 
-def _tensors_in(value, depth=0):
-    """Every tensor in `value`, looking inside lists, tuples, dicts and plain objects (P hidden in a
-    list or an object attribute of the autograd context counts too)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if depth > 4:
-        return []
-    if isinstance(value, dict):
-        value = list(value.values())
-    elif isinstance(value, (types.ModuleType, type, types.FunctionType, types.MethodType)):
-        return []
-    elif not isinstance(value, (list, tuple, set, frozenset)):
-        value = list(getattr(value, "__dict__", {}).values())
-    found = {id(t): t for item in value for t in _tensors_in(item, depth + 1)}  # each tensor once
-    return list(found.values())
-
-
 @pytest.mark.points(2)
 def test_saves_no_n_by_n_tensor(api, gen, device):
     """What autograd keeps between the passes: q, k, v, o and lse, nothing of size Nq x Nk."""
@@ -181,7 +163,7 @@ def test_saves_no_n_by_n_tensor(api, gen, device):
     node = o.grad_fn
     if node is None:
         raise AssertionError("flash_attention's output has no grad_fn: it must be differentiable")
-    saved = _tensors_in(list(node.saved_tensors) + list(vars(node).values()))
+    saved = tensors_in(list(node.saved_tensors) + list(vars(node).values()))
     allowed = 4 * B * H * max(Nq, Nk) * D * 4 + B * H * Nq * 4  # q, k, v, o and a float32 lse
     for t in saved:
         if t.numel() >= B * H * Nq * Nk or (Nq in t.shape and Nk in t.shape):

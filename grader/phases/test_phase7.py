@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from grader import aot, bench, distributed, footprint, impl, numerics, timing, variants
-from grader.honesty import HonestyError, _count_triton_launches, graded_call, timed
+from grader.honesty import HonestyError, _count_triton_launches, graded_call, tensors_in, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, randn
 from grader.phases import test_phase3 as phase3
 
@@ -282,24 +282,6 @@ def test_flash_attention_autograd(api, gen, device, B, H, H_kv, N, D, causal, wi
     check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), base, q.dtype)
 
 
-def _tensors_in(value, depth=0):
-    """Every tensor in `value`, looking inside lists, tuples, dicts and plain objects (as Phase 4's grader
-    does; kept here so that Phase 7 releases without Phase 4)."""
-    import types
-
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if depth > 4:
-        return []
-    if isinstance(value, dict):
-        value = list(value.values())
-    elif isinstance(value, (types.ModuleType, type, types.FunctionType, types.MethodType)):
-        return []
-    elif not isinstance(value, (list, tuple, set, frozenset)):
-        value = list(getattr(value, "__dict__", {}).values())
-    return list({id(t): t for item in value for t in _tensors_in(item, depth + 1)}.values())
-
-
 @pytest.mark.points(2)
 def test_autograd_keeps_grouped_kv_only(api, gen, device):
     """What autograd keeps between the passes: q, k and v as given (H_kv heads), o and lse; no Nq x Nk
@@ -309,7 +291,7 @@ def test_autograd_keeps_grouped_kv_only(api, gen, device):
     o = api.flash_attention(q, k, v, causal=True, window=(6, -1))
     if o.grad_fn is None:
         raise AssertionError("flash_attention's output has no grad_fn: it must be differentiable")
-    saved = _tensors_in(list(o.grad_fn.saved_tensors) + list(vars(o.grad_fn).values()))
+    saved = tensors_in(list(o.grad_fn.saved_tensors) + list(vars(o.grad_fn).values()))
     allowed = 4 * (2 * B * H * N * D + 2 * B * H_kv * N * D + B * H * N)  # q, o; k, v; lse (float32)
     total = sum(t.numel() * t.element_size() for t in saved)
     for t in saved:
