@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from grader import aot, bench, impl, numerics, timing
-from grader.honesty import graded_call, timed
+from grader.honesty import graded_call, tensors_in, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, randn
 from grader.phases import test_phase4 as phase4
 
@@ -225,7 +225,7 @@ def test_saves_no_mask(api, gen, device):
             own = list(getattr(node, "saved_tensors", ()))
         except RuntimeError:  # already freed or not a custom function
             own = []
-        saved += phase4._tensors_in(own + list(getattr(node, "__dict__", {}).values()))
+        saved += tensors_in(own + list(getattr(node, "__dict__", {}).values()))
         stack += [f for f, _ in node.next_functions]
     for t in saved:
         if t.numel() >= B * H * Nq * Nk or (Nq in t.shape and Nk in t.shape):
