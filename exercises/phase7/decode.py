@@ -94,7 +94,7 @@ def _combine_splits(O_PART, LSE_PART, O, stride_ob, stride_oh, stride_on, H, N_Q
 MIN_SPLIT_KEYS = 256
 MAX_SPLITS = 128
 # How many split programs the grid aims at per SM (the lesson's measurements chose it).
-PROGRAMS_PER_SM = 4  # measured on an H100 (assets/phase7/decode-variants.json): 4 beat 2 and 8
+PROGRAMS_PER_SM = 4  # 4 beat 2 and 8 on an H100: assets/phase7/decode-gqa-variants.json (experiments/phase7_variants)
 
 
 @functools.cache

@@ -1,0 +1,38 @@
+"""GPU experiments behind design decisions in the solutions: a kernel config, a launch path, a check.
+
+The lesson measurements (`measure()` in grader/lessons/phaseN.py) regenerate the lessons' tables;
+an experiment here answers one question once, and the comment or lesson that states its answer cites
+the data it wrote under assets/. Each runs by hand on a CUDA GPU, from the repository root:
+
+    python -m grader.lessons.experiments.phase4_memory       Phase 4's memory test, outside the grader
+    python -m grader.lessons.experiments.phase6_varlen       varlen against dense, by cu_seqlens check
+    python -m grader.lessons.experiments.phase7_variants     decode configs, GQA backward orders
+    python -m grader.lessons.experiments.phase7_decode_time  where flash_decode's time goes
+
+`--out DIR` writes the data there instead of assets/ (a scratch run); the table comes last on stdout.
+"""
+import argparse
+from pathlib import Path
+
+from grader.lessons import common
+
+
+def output_path(description: str, relpath: str, argv=None) -> Path:
+    """Parse `--out DIR` (default: assets/); the path the experiment's data goes to."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help=f"write the data to DIR/{Path(relpath).name} instead of assets/{relpath}")
+    args = parser.parse_args(argv)
+    path = args.out / Path(relpath).name if args.out else common.ASSETS / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def require_cuda() -> None:
+    """Configure Triton as the grader does (before any kernel module is imported); exit without a GPU."""
+    from grader import runtime
+
+    runtime.configure()
+    if not runtime.has_cuda():
+        raise SystemExit("error: this experiment times kernels and needs a CUDA GPU")
