@@ -49,7 +49,10 @@ bench: $(SETUP) ## GPU: time PHASE=N's kernels (pytest-benchmark, CUDA events); 
 check-solutions: $(SETUP) ## every phase both ways: solutions get full marks, untouched stubs zero
 	@$(PY) -m grader check-solutions
 
-test: $(SETUP) ## everything CI runs: stale-exercises check, check-solutions, the mutation suite, the course's own tests [STRICT=1]
+test: $(SETUP) ## everything CI runs: lint, stale-exercises check, check-solutions, the mutation suite, the course's own tests [STRICT=1]
+	@if $(PY) -c 'import ruff' 2>/dev/null; then $(PY) -m ruff check grader solutions; \
+	else echo "make test: ruff is not installed in this Python, so lint was NOT run (pip install ruff)"; \
+	test -z "$$CI"; fi
 	$(PY) -m grader.instructor.generate --check $(if $(STRICT),--strict,)
 	$(PY) -m grader check-solutions
 	$(PY) -m grader.instructor.mutants

@@ -72,7 +72,8 @@ def collect_tests(phase: int) -> list[dict]:
                                "--report", str(report), "--collect-only"],
                               cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
         if not report.exists():
-            raise RuntimeError(f"could not list the tests of phase {phase}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+            raise RuntimeError(f"could not list the tests of phase {phase}:\n"
+                               f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
         summary = json.loads(report.read_text())
     here = {name for name, state in summary["tiers"].items() if state == "available"}
     return [{"id": t["id"], "name": t["name"], "points": t["points"], "tier": t["tier"], "runs": t["tier"] in here}

@@ -47,7 +47,8 @@ def _parse_phases(text: str | None) -> list[int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grader.instructor.grading_times", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grader.instructor.grading_times",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--phases", default=None, help="e.g. 0-5 or 3,4 (default: every phase)")
     parser.add_argument("--impl", default="solutions")
     args = parser.parse_args(argv)

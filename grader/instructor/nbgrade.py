@@ -72,7 +72,8 @@ def _imports(path: Path, phase_dir: str) -> set[str]:
 def needed_modules(phase: int) -> list[str]:
     """Every module of phase N and those of earlier phases it imports, in an order that imports
     cleanly cell by cell: phase by phase, dependencies first, each package's __init__ last."""
-    todo = [p.relative_to(ROOT / "solutions").as_posix() for p in sorted((ROOT / "solutions" / f"phase{phase}").glob("*.py"))]
+    todo = [p.relative_to(ROOT / "solutions").as_posix()
+            for p in sorted((ROOT / "solutions" / f"phase{phase}").glob("*.py"))]
     deps: dict[str, set[str]] = {}
     while todo:
         rel = todo.pop()
@@ -296,7 +297,8 @@ c = get_config()  # noqa: F821
 c.CourseDirectory.course_id = "{COURSE_ID}"
 # A phase's grader can run for minutes under Triton's interpreter: one test cell runs it all.
 c.Execute.timeout = 3600
-c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError(\\"your code here: see the TODO above\\")"}}
+c.ClearSolutions.code_stub = {{
+    "python": "# YOUR CODE HERE\\nraise NotImplementedError(\\"your code here: see the TODO above\\")"}}
 '''
 
 

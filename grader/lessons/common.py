@@ -36,8 +36,8 @@ def load(relpath: str) -> dict | None:
 def replace_block(md_path: Path, name: str, text: str) -> bool:
     """Put `text` between the GENERATED markers called `name` in a Markdown file."""
     source = md_path.read_text()
-    pattern = re.compile(rf"(<!-- BEGIN GENERATED {re.escape(name)} -->\n).*?(<!-- END GENERATED {re.escape(name)} -->)",
-                         re.DOTALL)
+    marker = re.escape(name)
+    pattern = re.compile(rf"(<!-- BEGIN GENERATED {marker} -->\n).*?(<!-- END GENERATED {marker} -->)", re.DOTALL)
     if not pattern.search(source):
         raise ValueError(f"{md_path}: no GENERATED block called {name!r}")
     updated = pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(2), source)

@@ -49,7 +49,8 @@ def measure():
         theirs = timing.median_ms(lambda: torch.softmax(x, dim=-1))
         softmax_rows.append({"rows": x.shape[0], "width": width, "dtype": "bfloat16",
                              "ours_gbs": timing.gbs(nbytes, ours), "torch_gbs": timing.gbs(nbytes, theirs)})
-        print(f"softmax width {width}: {softmax_rows[-1]['ours_gbs']:.0f} GB/s, torch {softmax_rows[-1]['torch_gbs']:.0f}")
+        row = softmax_rows[-1]
+        print(f"softmax width {width}: {row['ours_gbs']:.0f} GB/s, torch {row['torch_gbs']:.0f}")
     common.save("phase0/device.json", device)
     common.save("phase0/naive_vs_fused.json", {"rows": naive_rows})
     common.save("phase0/softmax.json", {"rows": softmax_rows})

@@ -152,16 +152,19 @@ def figures():
                 cells = []
                 for N in (4096, 16384):
                     r = next((r for r in tuning["rows"] if r["D"] == D and r["N"] == N and r["config"] == cfg), None)
-                    cells.append("error" if r is None or "ms" not in r else f"{r['tflops']:.0f} ({r['ratio_vs_flash']:.2f}x)")
+                    cells.append("error" if r is None or "ms" not in r
+                                 else f"{r['tflops']:.0f} ({r['ratio_vs_flash']:.2f}x)")
                 best = " (best)" if tuning["best"].get(str(D)) == cfg else ""
                 rows.append([D, f"{cfg[0]} x {cfg[1]}, {cfg[2]} warps, {cfg[3]} stages{best}", *cells])
         common.replace_block(LESSON, "tuning", common.markdown_table(
-            ["D", "BLOCK_M x BLOCK_N, warps, stages", "N=4096: TFLOPS (vs SDPA flash)", "N=16384: TFLOPS (vs SDPA flash)"],
+            ["D", "BLOCK_M x BLOCK_N, warps, stages", "N=4096: TFLOPS (vs SDPA flash)",
+             "N=16384: TFLOPS (vs SDPA flash)"],
             rows) + "\n" + common.measured_on(tuning["meta"]))
         done.append("tuning table")
     flash = common.load("phase2/flash_v1.json")
     if flash:
-        rows = [[f"{r['B']}x{r['H']}x{r['Nq']}x{r['D']}", f"{r['config'][0]} x {r['config'][1]}, {r['config'][2]}w/{r['config'][3]}s",
+        rows = [[f"{r['B']}x{r['H']}x{r['Nq']}x{r['D']}",
+                 f"{r['config'][0]} x {r['config'][1]}, {r['config'][2]}w/{r['config'][3]}s",
                  f"{r['tflops']:.0f}", f"{r['flash_tflops']:.0f}", f"{r['ratio_vs_flash']:.2f}x",
                  f"{r.get('cudnn_tflops', float('nan')):.0f}", f"{r.get('ratio_vs_cudnn', float('nan')):.2f}x"]
                 for r in flash["rows"]]
@@ -172,7 +175,8 @@ def figures():
         done.append("speed table and plot")
     memory = common.load("phase2/memory.json")
     if memory:
-        rows = [[f"{r['B']}x{r['H']}x{r['N']}x{r['D']}", f"{r['naive'] / 2**20:,.0f} MiB", f"{r['tiled'] / 2**20:,.0f} MiB",
+        rows = [[f"{r['B']}x{r['H']}x{r['N']}x{r['D']}", f"{r['naive'] / 2**20:,.0f} MiB",
+                 f"{r['tiled'] / 2**20:,.0f} MiB",
                  f"{r['flash_v1'] / 2**20:,.1f} MiB", f"{r['B'] * r['H'] * r['N'] * r['D'] * 2 / 2**20:,.1f} MiB"]
                 for r in memory["rows"]]
         common.replace_block(LESSON, "memory", common.markdown_table(
@@ -183,11 +187,13 @@ def figures():
     if soft:
         c = soft["copy_gbs"]
         rows = [[f"{r['rows']:,} x {r['width']:,}", f"{r['online_gbs']:,.0f} GB/s ({r['online_gbs'] / c:.0%})",
-                 f"{r['phase0_gbs']:,.0f} GB/s ({r['phase0_gbs'] / c:.0%})", f"{r['torch_gbs']:,.0f} GB/s ({r['torch_gbs'] / c:.0%})"]
+                 f"{r['phase0_gbs']:,.0f} GB/s ({r['phase0_gbs'] / c:.0%})",
+                 f"{r['torch_gbs']:,.0f} GB/s ({r['torch_gbs'] / c:.0%})"]
                 for r in soft["bandwidth"]]
         common.replace_block(LESSON, "softmax", common.markdown_table(
             ["rows x width (bf16)", "online_softmax (2 reads)", "Phase 0 softmax (3 reads when wide)", "torch.softmax"],
-            rows) + f"\nShares are of the measured copy bandwidth, {c:,.0f} GB/s.\n\n" + common.measured_on(soft["meta"]))
+            rows) + f"\nShares are of the measured copy bandwidth, {c:,.0f} GB/s.\n\n"
+            + common.measured_on(soft["meta"]))
         o = soft["overflow"]
         common.replace_block(LESSON, "overflow", common.markdown_table(
             ["x (float32)", "naive exp(x)", "naive exp(x) / sum", "online_softmax", "exact (float64)"],

@@ -137,7 +137,8 @@ def _merge_demo() -> str:
             ["averaged 50/50", f"{((o_a + o_b) / 2 - o).abs().max().item():.1e}", "-"]]
     return (f"*Computed in float64 by `grader/lessons/phase3.py`: 64 queries, 256 keys split at {split}, "
             "D = 64, the second chunk's keys twice as large.*\n\n"
-            + common.markdown_table(["how the two halves are combined", "max abs error of o", "max abs error of lse"], rows))
+            + common.markdown_table(["how the two halves are combined", "max abs error of o", "max abs error of lse"],
+                                    rows))
 
 
 def _forward_table(data) -> str:
@@ -146,12 +147,14 @@ def _forward_table(data) -> str:
         rows.append([r["D"], r["Nq"], r["B"], r["H"], "causal" if r["causal"] else "full", r["dtype"],
                      f"{r['tflops']:.0f}", f"{r.get('flash_tflops', float('nan')):.0f}",
                      f"{r.get('cudnn_tflops', float('nan')):.0f}",
-                     f"**{r.get('ratio_vs_flash', float('nan')):.2f}x**", f"{r.get('ratio_vs_cudnn', float('nan')):.2f}x"])
+                     f"**{r.get('ratio_vs_flash', float('nan')):.2f}x**",
+                     f"{r.get('ratio_vs_cudnn', float('nan')):.2f}x"])
     table = common.markdown_table(
         ["D", "N", "B", "H", "mask", "dtype", "ours TFLOPS", "SDPA flash", "SDPA cuDNN", "ours / flash",
          "ours / cuDNN"], rows)
     worst = min(r.get("ratio_vs_flash", 0.0) for r in data["rows"])
-    return table + f"\nLowest ratio to SDPA's flash backend in this table: {worst:.2f}x.\n\n" + common.measured_on(data["meta"])
+    return (table + f"\nLowest ratio to SDPA's flash backend in this table: {worst:.2f}x.\n\n"
+            + common.measured_on(data["meta"]))
 
 
 def _causal_time_table(data) -> str:

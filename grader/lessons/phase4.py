@@ -79,7 +79,7 @@ def atomic_backward(do, q, k, v, o, lse, causal=False, config=(64, 128, 8, 2)):
         o, do, lse, lse2, delta, *o.stride()[:3], *do.stride()[:3], *lse.stride(), H, N_Q,
         HEAD_DIM=D, BLOCK_M=PRE_BLOCK)
     dq32 = torch.zeros((B, H, N_Q, D), device=q.device, dtype=torch.float32)
-    dk, dv = torch.empty((B, H, N_K, D), device=q.device, dtype=q.dtype), torch.empty((B, H, N_K, D), device=q.device, dtype=q.dtype)
+    dk, dv = (torch.empty((B, H, N_K, D), device=q.device, dtype=q.dtype) for _ in range(2))
     bwd_atomic_dq_kernel[(triton.cdiv(N_K, block_n), B * H)](
         q, k, v, do, lse2, delta, dq32, dk, dv,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
@@ -103,7 +103,8 @@ def _max_rel_err(got, ref):
     return max(((g.float() - r.float()).abs().max() / r.float().abs().max()).item() for g, r in zip(got, ref))
 
 
-# dK/dV kernel: (BLOCK_M1, BLOCK_N1, MASK_BLOCK_M1, warps, stages); dQ kernel: (BLOCK_M2, BLOCK_N2, MASK_BLOCK_N2, warps, stages)
+# dK/dV kernel: (BLOCK_M1, BLOCK_N1, MASK_BLOCK_M1, warps, stages);
+# dQ kernel: (BLOCK_M2, BLOCK_N2, MASK_BLOCK_N2, warps, stages)
 TUNE_DKDV = {
     64: [(32, 128, 16, 4, 5), (64, 128, 32, 8, 3), (32, 128, 32, 4, 3), (64, 64, 32, 4, 3), (32, 64, 16, 4, 4),
          (64, 128, 16, 4, 3)],
@@ -264,7 +265,8 @@ def atomic_summary(data) -> str:
 
 
 def atomic_table(data) -> str:
-    rows = [[r["D"], r["N"], "yes" if r["causal"] else "no", f"{r['two_kernels_ms']:.2f} ms ({r['two_kernels_tflops']:.0f})",
+    rows = [[r["D"], r["N"], "yes" if r["causal"] else "no",
+             f"{r['two_kernels_ms']:.2f} ms ({r['two_kernels_tflops']:.0f})",
              f"{r['atomic_ms']:.2f} ms ({r['atomic_tflops']:.0f})", f"{r['atomic_ms'] / r['two_kernels_ms']:.2f}",
              f"{r['max_rel_diff']:.0e}"] for r in sorted(data["rows"], key=lambda r: (r["D"], r["N"], r["causal"]))]
     return common.markdown_table(["D", "N", "causal", "two kernels (TFLOPS)", "one kernel, atomic dQ (TFLOPS)",
@@ -287,7 +289,8 @@ def tuning_table(data) -> str:
 
 
 def memory_table(data) -> str:
-    rows = [[r["N"], f"{r['ours_peak_extra_bytes'] / 2**20:,.0f} MiB", f"{r['flash_peak_extra_bytes'] / 2**20:,.0f} MiB",
+    rows = [[r["N"], f"{r['ours_peak_extra_bytes'] / 2**20:,.0f} MiB",
+             f"{r['flash_peak_extra_bytes'] / 2**20:,.0f} MiB",
              f"{r['p_bytes'] / 2**20:,.0f} MiB"] for r in data["rows"]]
     return common.markdown_table(["N (B=1, H=16, D=128, bf16, causal)", "ours: peak beyond the inputs, fwd+bwd",
                                   "SDPA flash, same", "one P that autograd would save"], rows)
@@ -297,7 +300,8 @@ def saved_memory_table() -> str:
     """What autograd would keep per attention layer: P against lse (arithmetic, no GPU)."""
     rows = []
     for name, B, H, N, D in (("GPT-2 small, 1 x 1024", 1, 12, 1024, 64), ("Llama-2-7B, 1 x 4096", 1, 32, 4096, 128),
-                             ("Llama-2-7B, 8 x 4096", 8, 32, 4096, 128), ("one sequence of 32k, 32 heads", 1, 32, 32768, 128)):
+                             ("Llama-2-7B, 8 x 4096", 8, 32, 4096, 128),
+                             ("one sequence of 32k, 32 heads", 1, 32, 32768, 128)):
         p = cost.score_matrix_bytes(B, H, N, N, 2)
         lse = 4.0 * B * H * N
         qkvo = cost.qkvo_bytes(B, H, N, N, D, 2)
@@ -316,7 +320,8 @@ def balance_text(device: dict) -> str:
     # picoseconds per element when the whole GPU works on it: FLOPs / (TFLOPS * 1e12) * 1e12, bytes likewise
     rows = [[D, 2 * D, f"{2 * D / device['matmul_bf16_tflops']:.3f} ps", f"{2 * 1e3 / device['copy_gbs']:.3f} ps"]
             for D in (64, 128)]
-    return (f"On {device['meta']['device']} Phase 0 measured {device['matmul_bf16_tflops']:.0f} TFLOPS (bf16 matmul) and "
+    return (f"On {device['meta']['device']} Phase 0 measured {device['matmul_bf16_tflops']:.0f} TFLOPS "
+            "(bf16 matmul) and "
             f"{device['copy_gbs']:.0f} GB/s (copy): {flops_per_byte:.0f} FLOPs per byte, far above $D$. Per element "
             f"of $S$, for the whole GPU:\n\n"
             + common.markdown_table(["D", "FLOPs to recompute", "time to recompute", "time to re-read (bf16)"], rows))

@@ -91,7 +91,8 @@ def test_resumes_after_an_interruption(submissions, tmp_path):
     # resuming: the done one is kept, the rest is graded
     proc = subprocess.run([sys.executable, "-m", "grader.instructor.grade_all", "--submissions", str(subs),
                            "--phase", str(PHASE),
-                           "--timeout", "15", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+                           "--timeout", "15", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0 and "1 already graded, 2 to grade" in proc.stdout, proc.stdout + proc.stderr
     rows = {r["submission"]: r for r in csv.DictReader((out / "gradebook.csv").read_text().splitlines())}
     assert set(rows) == {"correct", "hang", "untouched"} and float(rows["correct"]["total"]) > 0

@@ -73,7 +73,8 @@ def test_round_trip_solutions_full_marks_stubs_zero(course):
             shutil.copy(course / folder / f"phase{phase}" / f"phase{phase}.ipynb", dest)
         _nbgrader(course, "autograde", f"phase{phase}", "--create")
     _nbgrader(course, "export")
-    rows = {(r["assignment"], r["student_id"]): r for r in csv.DictReader((course / "grades.csv").read_text().splitlines())}
+    rows = {(r["assignment"], r["student_id"]): r
+            for r in csv.DictReader((course / "grades.csv").read_text().splitlines())}
     problems = []
     for phase in SELECTED:
         solution, stub = rows[(f"phase{phase}", "solution")], rows[(f"phase{phase}", "stub")]
