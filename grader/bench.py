@@ -60,14 +60,16 @@ def measure(candidate, q, k, v, causal=False, mode="fwd", baselines=("flash",)) 
     """Time `candidate()` and SDPA's `baselines` on the same inputs; TFLOPS and ratios.
 
     The ratio is candidate TFLOPS over baseline TFLOPS (> 1 means the candidate is faster).
+    `candidate=None` times the baselines alone (the row then has no ms, tflops or ratios of ours).
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     flops = cost.attention_flops(B, H, Nq, Nk, D, causal, mode)
     row = {"B": B, "H": H, "Nq": Nq, "Nk": Nk, "D": D, "causal": causal, "mode": mode,
            "dtype": str(q.dtype).removeprefix("torch."), "flops": flops}
-    row["ms"] = timing.median_ms(candidate)
-    row["tflops"] = timing.tflops(flops, row["ms"])
+    if candidate is not None:
+        row["ms"] = timing.median_ms(candidate)
+        row["tflops"] = timing.tflops(flops, row["ms"])
     for name in baselines:
         try:
             ms = timing.median_ms(sdpa_callables(q, k, v, causal, name)[mode])
@@ -76,7 +78,8 @@ def measure(candidate, q, k, v, causal=False, mode="fwd", baselines=("flash",)) 
             continue
         row[f"{name}_ms"] = ms
         row[f"{name}_tflops"] = timing.tflops(flops, ms)
-        row[f"ratio_vs_{name}"] = row["tflops"] / row[f"{name}_tflops"]
+        if candidate is not None:
+            row[f"ratio_vs_{name}"] = row["tflops"] / row[f"{name}_tflops"]
     return row
 
 

@@ -17,8 +17,11 @@ def _grades() -> str:
         stub = json.loads(stub_path.read_text()) if stub_path.exists() else None
         env = sol["environment"]
         tiers = ", ".join(t for t, state in sol["tiers"].items() if state == "available")
-        throughput = "; ".join(t["metrics"]["throughput"]["summary"] for t in sol["tests"]
-                               if "throughput" in t.get("metrics", {}) and t["outcome"] == "passed")
+        # Every throughput check that measured something, a missed bar in bold: a table of the passes
+        # alone would hide the miss behind the score.
+        throughput = "; ".join(("" if t["outcome"] == "passed" else f"**{t['outcome'].upper()}**: ")
+                               + t["metrics"]["throughput"]["summary"] for t in sol["tests"]
+                               if "throughput" in t.get("metrics", {}) and t["outcome"] in ("passed", "failed"))
         rows.append([f"{sol['phase']}", f"{sol['score']:g} / {sol['max_score_run']:g} in {sol['seconds']:.0f} s",
                      f"{stub['score']:g} / {stub['max_score_run']:g} in {stub['seconds']:.0f} s" if stub else "not run",
                      tiers,
