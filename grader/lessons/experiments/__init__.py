@@ -12,6 +12,8 @@ the data it wrote under assets/. Each runs by hand on a CUDA GPU, from the repos
 `--out DIR` writes the data there instead of assets/ (a scratch run); the table comes last on stdout.
 """
 import argparse
+import statistics
+import time
 from pathlib import Path
 
 from grader.lessons import common
@@ -36,3 +38,19 @@ def require_cuda() -> None:
     runtime.configure()
     if not runtime.has_cuda():
         raise SystemExit("error: this experiment times kernels and needs a CUDA GPU")
+
+
+def host_us(fn, reps: int = 200) -> float:
+    """Median host time of one call in microseconds, the GPU idle before each: what the call costs the
+    CPU, waits for the GPU inside it included."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times = []
+    for _ in range(reps):
+        sync()
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1e6)
+    sync()
+    return statistics.median(times)

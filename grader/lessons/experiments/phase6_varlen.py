@@ -19,7 +19,6 @@ Harnesses (how every variant is timed; each adds to the one before):
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import solutions.phase6 as api  # noqa: E402
 from grader import timing  # noqa: E402
 from grader.honesty import timed  # noqa: E402
 from grader.inputs import qkv, randn  # noqa: E402
-from grader.lessons.experiments import output_path  # noqa: E402
+from grader.lessons.experiments import host_us, output_path  # noqa: E402
 from grader.lessons.phase6 import check_variants  # noqa: E402
 from grader.phases.test_phase6 import dense_step, varlen_step  # noqa: E402
 from solutions.phase6 import forward  # noqa: E402
@@ -62,18 +61,6 @@ def median_ms(fn):
         fn()
         return (time.perf_counter() - t0) * 1e3
     return timing.median_ms(fn)
-
-
-def host_us(fn, reps=50):
-    """Host time of one call with nothing queued on the GPU (median)."""
-    times = []
-    for _ in range(2 if SMOKE else reps):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e6)
-    sync()
-    return statistics.median(times)
 
 
 class Load:
@@ -152,12 +139,13 @@ def main(argv=None):
         print(f"{name} vs dense, causal, max |difference| of o, dq, dk, dv: " + ", ".join(f"{x:.1e}" for x in diffs),
               flush=True)
 
-    host = {"dense": host_us(dense_step(api, q, k, v, True, "fwd"))}
+    reps = 2 if SMOKE else 50
+    host = {"dense": host_us(dense_step(api, q, k, v, True, "fwd"), reps)}
     for name, variant in VARIANTS.items():
         forward.CuSeqlensCheck = variant
-        host[name] = host_us(varlen_step(api, *packed, cu, N, True, "fwd"))
+        host[name] = host_us(varlen_step(api, *packed, cu, N, True, "fwd"), reps)
         forward.CuSeqlensCheck = REAL
-    host["values check alone"] = host_us(lambda: REAL(cu, cu, B * N, B * N, N, N).finish(), reps=200)
+    host["values check alone"] = host_us(lambda: REAL(cu, cu, B * N, B * N, N, N).finish(), 2 if SMOKE else 200)
     print("host us per causal fwd call, GPU idle: " + ", ".join(f"{k} {v:.0f}" for k, v in host.items()), flush=True)
     report["host_us"] = host
 

@@ -20,28 +20,11 @@ import cProfile
 import io
 import json
 import pstats
-import time
 
-from grader.lessons.experiments import output_path, require_cuda
+from grader.lessons.experiments import host_us, output_path, require_cuda
 
 B, H, H_KV, D = 1, 32, 8, 128
 TOKENS = (1024, 32768)
-
-
-def host_us(fn, reps=200) -> float:
-    """Median host time of one call, the GPU idle before each (what the call costs the CPU)."""
-    import statistics
-
-    import torch
-
-    times = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1e6)
-    torch.cuda.synchronize()
-    return statistics.median(times)
 
 
 def _check_variants():
