@@ -70,16 +70,13 @@ def main(argv=None) -> None:
     B, H, N, D = 2, 32, 4096, 128
     do = torch.randn(B, H, N, D, dtype=torch.bfloat16, device="cuda")
 
-
     def qkv(h_kv):
         return (torch.randn(B, H, N, D, dtype=torch.bfloat16, device="cuda"),
                 *(torch.randn(B, h_kv, N, D, dtype=torch.bfloat16, device="cuda") for _ in range(2)))
 
-
     def fwd_bwd(q, k, v):
         qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
         return torch.autograd.grad(flash_attention(qg, kg, vg, causal=True), (qg, kg, vg), do)
-
 
     gqa_rows = []
     default_order = bw.DKDV_HEADS_FASTEST, bw.DKDV_GROUP_SPLITS
