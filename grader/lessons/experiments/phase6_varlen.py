@@ -37,7 +37,7 @@ import solutions.phase6 as api  # noqa: E402
 from grader import timing  # noqa: E402
 from grader.honesty import timed  # noqa: E402
 from grader.inputs import qkv, randn  # noqa: E402
-from grader.lessons.experiments import host_us, output_path  # noqa: E402
+from grader.lessons.experiments import host_us, output_path, require_cuda  # noqa: E402
 from grader.lessons.phase6 import check_variants  # noqa: E402
 from grader.phases.test_phase6 import dense_step, varlen_step  # noqa: E402
 from solutions.phase6 import forward  # noqa: E402
@@ -114,6 +114,8 @@ def bad_values(q, k, v, cu):
 def main(argv=None):
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--smoke"]  # SMOKE was read at import
     path = output_path(__doc__, "phase6/varlen-variants.json", argv)
+    if not SMOKE:
+        require_cuda()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("killed (SIGTERM)"))  # run the finally blocks
     gen = torch.Generator().manual_seed(0)
     # The test's inputs, built the test's way.
