@@ -4,6 +4,7 @@ Later phases import this module (`from ..phase0.checks import ...`), so that a w
 mismatched shape or an unsupported dtype reads the same everywhere, and never surfaces as a
 Triton compile error or a silently wrong answer.
 """
+import math
 import os
 
 import torch
@@ -18,6 +19,17 @@ def check_float_tensor(x, name: str, dtypes=FLOAT_DTYPES) -> None:
     if x.dtype not in dtypes:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise TypeError(f"{name} has dtype {str(x.dtype).removeprefix('torch.')}; supported: {allowed}")
+
+
+def check_sm_scale(sm_scale, D: int) -> float:
+    """The softmax scale as a float: None means 1 / sqrt(D); otherwise a positive finite number."""
+    if sm_scale is None:
+        return D ** -0.5
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
+    if not math.isfinite(sm_scale) or sm_scale <= 0:
+        raise ValueError(f"sm_scale must be a positive finite number, got {sm_scale!r}")
+    return float(sm_scale)
 
 
 def check_triton_device(x, name: str) -> None:

@@ -13,7 +13,7 @@ both conventions agree.
 import math
 from dataclasses import dataclass
 
-from ..phase0.checks import FLOAT_DTYPES, check_float_tensor, check_triton_device
+from ..phase0.checks import FLOAT_DTYPES, check_float_tensor, check_sm_scale, check_triton_device
 
 MAX_HEAD_DIM = 256
 
@@ -73,16 +73,6 @@ def check_heads(q, k, v, triton=True, names=("q", "k", "v")) -> int:
     if not (q.device == k.device == v.device):
         raise ValueError(f"{nq}, {nk} and {nv} must be on one device, got {q.device}, {k.device} and {v.device}")
     return H // H_kv
-
-
-def check_sm_scale(sm_scale, D: int) -> float:
-    if sm_scale is None:
-        return D ** -0.5
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
-        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
-    if not math.isfinite(sm_scale) or sm_scale <= 0:
-        raise ValueError(f"sm_scale must be a positive finite float, got {sm_scale!r}")
-    return float(sm_scale)
 
 
 def check_window(window, causal) -> tuple[int, int]:

@@ -136,6 +136,16 @@ def _phase_of(path: Path, tree: Path) -> int | None:
     return int(first[len("phase"):]) if first.startswith("phase") and first[len("phase"):].isdigit() else None
 
 
+def _solution_regions(root: Path):
+    """(phase or None, path relative to root, lines inside the solution regions, lines outside them)
+    of each source file of solutions/: what both leak checks below start from."""
+    solutions = root / "solutions"
+    for path in sorted(solutions.rglob("*.py")):
+        if not any(part in SKIP_PARTS for part in path.parts):
+            inside, outside = region_lines(path.read_text(), BEGIN_SOLUTION, END_SOLUTION)
+            yield _phase_of(path, solutions), str(path.relative_to(root)), inside, outside
+
+
 def secret_lines(root: Path = ROOT, phases: list[int] | None = None) -> dict[str, str]:
     """Every line a copy holding `phases` (default: every phase) must not contain -> where it comes from.
 
@@ -146,19 +156,14 @@ def secret_lines(root: Path = ROOT, phases: list[int] | None = None) -> dict[str
     - The lines of hidden-test blocks in grader/, except those that also appear outside such blocks.
     """
     phases = course_phases(root) if phases is None else phases
-    solutions = root / "solutions"
     inside_by_phase: dict[int, dict[str, str]] = {}
     outside_by_phase: dict[int | None, set[str]] = {}
-    for path in sorted(solutions.rglob("*.py")):
-        if any(part in SKIP_PARTS for part in path.parts):
-            continue
-        phase = _phase_of(path, solutions)
-        inside, outside = region_lines(path.read_text(), BEGIN_SOLUTION, END_SOLUTION)
+    for phase, where, inside, outside in _solution_regions(root):
         outside_by_phase.setdefault(phase, set()).update(outside)
         if phase is not None:
             for line in inside:
                 if _meaningful(line):
-                    inside_by_phase.setdefault(phase, {}).setdefault(line, str(path.relative_to(root)))
+                    inside_by_phase.setdefault(phase, {}).setdefault(line, where)
     secrets = {}
     for phase in phases:
         seen = set(outside_by_phase.get(None, set())).union(
@@ -205,18 +210,13 @@ def secret_statements(root: Path = ROOT, phases: list[int] | None = None) -> dic
     a lesson that quotes one on a single line (or re-wrapped) is caught too. Exempt as in
     `secret_lines`: a statement that also stands outside the regions of the same or an earlier phase."""
     phases = course_phases(root) if phases is None else phases
-    solutions = root / "solutions"
     inside_by_phase: dict[int, dict[str, str]] = {}
     outside_by_phase: dict[int | None, set[str]] = {}
-    for path in sorted(solutions.rglob("*.py")):
-        if any(part in SKIP_PARTS for part in path.parts):
-            continue
-        phase = _phase_of(path, solutions)
-        inside, outside = region_lines(path.read_text(), BEGIN_SOLUTION, END_SOLUTION)
+    for phase, where, inside, outside in _solution_regions(root):
         outside_by_phase.setdefault(phase, set()).update(_squash(st) for _, st in _statements(outside))
         if phase is not None:
             for _, statement in _statements(inside):
-                inside_by_phase.setdefault(phase, {}).setdefault(_squash(statement), str(path.relative_to(root)))
+                inside_by_phase.setdefault(phase, {}).setdefault(_squash(statement), where)
     secrets = {}
     for phase in phases:
         seen = set(outside_by_phase.get(None, set())).union(

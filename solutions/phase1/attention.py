@@ -8,7 +8,8 @@ import triton
 import triton.language as tl
 
 from ..phase0.checks import check_attention_inputs
-from .scores import check_sm_scale, dot_precision, tiled_scores
+from ..phase0.checks import check_sm_scale
+from .scores import dot_precision, tiled_scores
 
 
 @triton.jit

@@ -8,21 +8,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..phase0.checks import check_attention_inputs
+from ..phase0.checks import check_attention_inputs, check_sm_scale
 
 # S is written in float32 whatever the inputs are: it is the unnormalized logits that softmax
 # exponentiates, and rounding them to fp16/bf16 would cost more accuracy than SDPA loses.
 S_DTYPE = torch.float32
-
-
-def check_sm_scale(sm_scale, D):
-    if sm_scale is None:
-        return D ** -0.5
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
-        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
-    if not sm_scale > 0 or sm_scale == float("inf"):
-        raise ValueError(f"sm_scale must be a positive finite number, got {sm_scale!r}")
-    return float(sm_scale)
 
 
 def dot_precision(dtype):

@@ -8,19 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..phase0.checks import check_attention_inputs
+from ..phase0.checks import check_attention_inputs, check_sm_scale
 
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): exp2 is the hardware instruction
-
-
-def check_sm_scale(sm_scale, D):
-    if sm_scale is None:
-        return D ** -0.5
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
-        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
-    if not sm_scale > 0 or sm_scale == float("inf"):
-        raise ValueError(f"sm_scale must be a positive finite number, got {sm_scale!r}")
-    return float(sm_scale)
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim, chosen by the sweep in

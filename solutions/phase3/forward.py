@@ -6,13 +6,12 @@ the blocks every row of the program sees in full (no mask at all), then the few 
 one (the causal diagonal, and a last block that runs past Nk). Key blocks that no row of the
 program may see are never visited: that is where causal attention saves half the work.
 """
-import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ..phase0.checks import check_attention_inputs
+from ..phase0.checks import check_attention_inputs, check_sm_scale
 
 
 @triton.jit
@@ -177,13 +176,7 @@ def _config(q, k, causal):
 def _check_options(causal, sm_scale, D):
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if sm_scale is None:
-        return D ** -0.5
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
-        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
-    if not math.isfinite(sm_scale) or sm_scale <= 0:
-        raise ValueError(f"sm_scale must be a positive finite float, got {sm_scale!r}")
-    return float(sm_scale)
+    return check_sm_scale(sm_scale, D)
 
 
 def flash_attention_forward(q, k, v, causal=False, sm_scale=None, config=None):
