@@ -30,6 +30,21 @@ def median_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
         return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+def capture_graph(fn):
+    """`fn()` captured in a CUDA graph: (graph, what the captured call returned). One call on a side stream
+    first, as PyTorch asks (it compiles kernels and fills caches, which capture cannot do); the capture
+    raises RuntimeError if `fn` waits for the GPU (`.item()`, `.tolist()`, a synchronize)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def tflops(flops: float, ms: float) -> float:
     return flops / (ms * 1e-3) / 1e12
 

@@ -16,6 +16,7 @@ FLOPs). Split-KV (flash-decoding) restores the parallelism:
   `merge_partials`, for S partials at once (`merge_splits_with_partials` below does it with
   `merge_partials` itself, pairwise; the lesson measures why one fused kernel is needed at batch 1).
 """
+import collections
 import functools
 
 import torch
@@ -28,7 +29,7 @@ from .options import UNBOUNDED, block_d, check_heads, check_sm_scale, next_power
 
 
 @triton.jit
-def _decode_split(Q, K, V, SEQLENS, O_PART, LSE_PART, sm_scale,
+def _decode_split(Q, K, V, SEQLENS, BAD_LENGTH, O_PART, LSE_PART, sm_scale,
                   stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
                   H_KV, GROUP, N_Q, N_MAX, TOTAL_ROWS, NUM_SPLITS, BIG,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -48,9 +49,12 @@ def _decode_split(Q, K, V, SEQLENS, O_PART, LSE_PART, sm_scale,
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     K += b * stride_kb + hk * stride_kh
     V += b * stride_vb + hk * stride_vh
-    # Clamped into the cache: the launcher checks the lengths only after the launch (a bad one raises
-    # then), so the kernel must be safe for any value: it never reads outside sequence b's cache.
-    seqlen = tl.minimum(tl.maximum(tl.load(SEQLENS + b), 0), N_MAX).to(tl.int32)
+    # The lengths are checked here, on the GPU (LengthFlag: no host round trip, a CUDA graph can replay the
+    # step): a bad one raises the flag, and is clamped into the cache so that no value reads outside it.
+    given = tl.load(SEQLENS + b)
+    first = (split == 0) & (hk == 0) & (tl.program_id(2) == 0)  # one program per sequence reports
+    tl.store(BAD_LENGTH, 1, mask=first & ((given < 0) | (given > N_MAX)))
+    seqlen = tl.minimum(tl.maximum(given, 0), N_MAX).to(tl.int32)
     m_i, l_i, acc = _empty_state(BLOCK_M, BLOCK_D)
     # TODO(phase 7, split): this program's share of sequence b's cache, through the online softmax
     # Contract: the NUM_SPLITS splits of a sequence partition its keys 0 .. seqlen - 1 (this sequence's own
@@ -132,41 +136,96 @@ def decode_config(q) -> tuple:
     return (32 if bd >= 256 else 64), (4 if bd >= 256 else 2), (3 if big_smem else 2)
 
 
-class SeqlensCheck:
-    """The values of cache_seqlens, checked on the host after the kernels are queued: reading them before
-    the launch would leave the GPU idle for a round trip, longer than the whole step at batch 1.
+class LengthFlag:
+    """The check of cache_seqlens' values, made on the GPU: a decoding step never waits for the host.
 
-        check = SeqlensCheck(cache_seqlens, n_max)   # before the launch
-        kernel[grid](...)                            # safe for any value: it clamps each length
-        check.finish()                               # ValueError if a length lies outside 0 .. n_max
+    Reading the lengths on the host would cost a round trip per call (longer than the whole step at
+    batch 1) and, worse, makes the step impossible to capture in a CUDA graph, which is how inference
+    engines replay a decoding step. So the split kernel checks them itself: it clamps every length into
+    0 .. N_max (it never reads outside the cache, whatever the values) and, for a length outside that
+    range, raises this device's flag (an int32 on the GPU). The host learns of it without waiting:
 
-    The copy to the host queues behind the kernels on the same stream, so the host waits for the step
-    to end (decoding needs its result next anyway) and the GPU never waits for the host. (Phase 6
-    copies on a side stream instead, beside a kernel long enough to hide it; here the kernels last tens
-    of microseconds and the side stream's wait measured longer than the step.)
+        flag = LengthFlag.of(device)
+        flag.report()                   # ValueError if an earlier call's flag has landed raised
+        kernel[grid](..., flag.flag)    # raises the flag for a bad length
+        flag.after_launch()             # queues a copy of the flag to pinned host memory (not in a graph)
+
+    so a bad length raises ValueError from the next call on that device, once the GPU has run the bad one,
+    or from `check_decode_lengths()`, which waits for the GPU (after replaying a graph, say). On the CPU
+    (the interpreter) the values are on the host already and are checked before the launch.
     """
 
-    def __init__(self, cache_seqlens, n_max):
-        self.seqlens, self.n_max = cache_seqlens, n_max
+    SLOTS = 64  # copies of the flag in flight; the host waits only if the GPU is this many calls behind
+    _by_device: dict = {}
 
-    def finish(self) -> None:
-        if not self.seqlens.is_cuda:  # CPU (the interpreter): the values are already on the host
-            values = self.seqlens.tolist()
+    def __init__(self, device):
+        self.flag = torch.zeros(1, dtype=torch.int32, device=device)
+        self.host = torch.zeros(self.SLOTS, dtype=torch.int32, pin_memory=True)
+        self.pending = collections.deque()  # (slot, event): copies queued, not yet seen by the host
+        self.next_slot = 0
+
+    @classmethod
+    def of(cls, device) -> "LengthFlag":
+        index = _index(device)
+        if index not in cls._by_device:
+            cls._by_device[index] = cls(torch.device("cuda", index))
+        return cls._by_device[index]
+
+    def after_launch(self) -> None:
+        if torch.cuda.is_current_stream_capturing():
+            return  # a graph replays the kernels, not this host code: check_decode_lengths() reads the flag
+        if len(self.pending) == self.SLOTS:
+            self.pending[0][1].synchronize()  # the GPU is SLOTS calls behind: wait for the oldest copy
+            self.report()
+        slot = self.next_slot
+        self.next_slot = (slot + 1) % self.SLOTS
+        self.host[slot:slot + 1].copy_(self.flag, non_blocking=True)
+        self.pending.append((slot, torch.cuda.current_stream(self.flag.device).record_event()))
+
+    def report(self, wait: bool = False) -> None:
+        """ValueError if a copy of the flag that has landed shows it raised; with `wait`, the flag as the GPU
+        leaves it once everything queued has run (the flag stays raised until reported: one read suffices)."""
+        if torch.cuda.is_current_stream_capturing():
+            return
+        if wait:
+            torch.cuda.synchronize(self.flag.device)
+            self.pending.clear()
+            raised = bool(self.flag.item())
         else:
-            host = torch.empty(self.seqlens.shape, dtype=self.seqlens.dtype, pin_memory=True)
-            host.copy_(self.seqlens, non_blocking=True)
-            landed = torch.cuda.current_stream(self.seqlens.device).record_event()
-            landed.synchronize()
-            values = host.tolist()
-        low, high = min(values, default=0), max(values, default=0)
-        if low < 0 or high > self.n_max:
-            # A length past the cache would have read other memory, silently: the kernel clamped it.
-            raise ValueError(f"cache_seqlens must lie in 0 .. N_max = {self.n_max} (the cache's length), got "
-                             f"values from {low} to {high}")
+            raised = False
+            while self.pending and self.pending[0][1].query():
+                slot, _ = self.pending.popleft()
+                raised = raised or bool(self.host[slot])
+        if raised:
+            self.flag.zero_()
+            self.pending.clear()
+            raise ValueError(_BAD_LENGTHS)
+
+
+_BAD_LENGTHS = ("cache_seqlens of an earlier flash_decode call held a length outside 0 .. N_max (the cache's "
+                "length): the kernel clamped it into the cache, so that call's output is wrong. Lengths are "
+                "checked on the GPU without waiting for it, and reported by the next call (or by "
+                "check_decode_lengths())")
+
+
+def check_decode_lengths(device=None) -> None:
+    """Wait for the GPU and raise ValueError if any flash_decode call so far on `device` (default: the
+    current one) was given a length outside its cache: the check to make after replaying a CUDA graph."""
+    if torch.cuda.is_available():
+        LengthFlag.of(torch.device("cuda") if device is None else torch.device(device)).report(wait=True)
+
+
+def _check_lengths_on_host(cache_seqlens, n_max) -> None:
+    """The CPU (the interpreter): the lengths are host memory, checked before the launch."""
+    values = cache_seqlens.tolist()
+    low, high = min(values, default=0), max(values, default=0)
+    if low < 0 or high > n_max:
+        raise ValueError(f"cache_seqlens must lie in 0 .. N_max = {n_max} (the cache's length), got "
+                         f"values from {low} to {high}")
 
 
 def _check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits):
-    """Everything but the lengths' values (see SeqlensCheck): no device-to-host copy before the launch."""
+    """Everything but the lengths' values (the kernel checks those: LengthFlag); nothing waits for the GPU."""
     group = check_heads(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"))
     if not isinstance(cache_seqlens, torch.Tensor):
         raise TypeError(f"cache_seqlens must be a torch.Tensor of lengths, got {type(cache_seqlens).__name__}")
@@ -183,7 +242,8 @@ def _check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits):
 
 
 def _launch_split(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits, config):
-    """Checks the arguments and launches the split kernel: (o_part, lse_part, splits, the SeqlensCheck)."""
+    """Checks the arguments and launches the split kernel: (o_part, lse_part, splits, the LengthFlag or None).
+    The caller queues its own kernels, then `flag.after_launch()`."""
     group = _check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits)
     sm_scale = check_sm_scale(sm_scale, q.shape[-1])
     B, H, N_Q, D = q.shape
@@ -197,20 +257,28 @@ def _launch_split(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits, conf
     total_rows = B * H * N_Q
     o_part = torch.empty((splits, total_rows, D), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((splits, total_rows), dtype=torch.float32, device=q.device)
-    check = SeqlensCheck(cache_seqlens, n_max)
+    if q.is_cuda:
+        flag = LengthFlag.of(q.device)
+        flag.report()  # an earlier call's bad lengths, if the GPU has run it by now
+        bad_length = flag.flag
+    else:
+        flag = None
+        _check_lengths_on_host(cache_seqlens, n_max)
+        bad_length = torch.zeros(1, dtype=torch.int32)
     _decode_split[(splits, B * H_kv, row_blocks)](
-        q, k_cache, v_cache, cache_seqlens, o_part, lse_part, sm_scale,
+        q, k_cache, v_cache, cache_seqlens, bad_length, o_part, lse_part, sm_scale,
         *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3],
         H_kv, group, N_Q, n_max, total_rows, splits, UNBOUNDED,
         HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=num_stages)
-    return o_part, lse_part, splits, check
+    return o_part, lse_part, splits, flag
 
 
 def decode_partials(q, k_cache, v_cache, cache_seqlens, sm_scale=None, num_splits=None, config=None):
     """The split kernel alone: (o_part (S, B*H*Nq, D) float32, lse_part (S, B*H*Nq) float32, S)."""
-    o_part, lse_part, splits, check = _launch_split(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits, config)
-    check.finish()
+    o_part, lse_part, splits, flag = _launch_split(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits, config)
+    if flag is not None:
+        flag.after_launch()
     return o_part, lse_part, splits
 
 
@@ -224,13 +292,14 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens, sm_scale=None, num_splits=N
     to fill the GPU, from the shape). Returns o (B, H, Nq, D) in q's dtype; a sequence of length 0 gets 0.
     Not differentiable (decoding needs no gradient).
     """
-    o_part, lse_part, splits, check = _launch_split(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits, None)
+    o_part, lse_part, splits, flag = _launch_split(q, k_cache, v_cache, cache_seqlens, sm_scale, num_splits, None)
     B, H, N_Q, D = q.shape
     o = torch.empty((B, H, N_Q, D), dtype=q.dtype, device=q.device)
     _combine_splits[(B * H * N_Q,)](
         o_part, lse_part, o, *o.stride()[:3], H, N_Q, B * H * N_Q, splits,
         HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_S=max(2, next_power_of_2(splits)), num_warps=1 if D <= 64 else 4)
-    check.finish()  # both kernels are queued: the GPU works while the host reads the lengths
+    if flag is not None:
+        flag.after_launch()
     return o
 
 

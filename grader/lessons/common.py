@@ -20,6 +20,18 @@ def device_record() -> dict:
             "date": datetime.date.today().isoformat()}
 
 
+def device_tag() -> str:
+    """A short name of this GPU for file names ("h100", "h200", else the name's last word), so that the data of
+    several GPUs sits side by side under assets/."""
+    import torch
+
+    name = torch.cuda.get_device_name().lower()
+    for tag in ("h100", "h200", "a100", "b200", "l40s", "l4"):
+        if tag in name:
+            return tag
+    return name.split()[-1].replace("/", "-")
+
+
 def save(relpath: str, data: dict, meta: dict | None = None) -> Path:
     """data under assets/relpath, with the device record (and `meta`, e.g. a digest of the timed code)."""
     path = ASSETS / relpath

@@ -38,6 +38,19 @@ def _try_ms(fn):
         return None
 
 
+def _graph_ms(fn):
+    """`fn` replayed from a CUDA graph captured once (how an engine runs a decoding step); None if it cannot be
+    captured."""
+    from grader import timing
+
+    try:
+        graph, _ = timing.capture_graph(fn)
+    except RuntimeError as exc:
+        print(f"  (no CUDA graph: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'error'})")
+        return None
+    return _ms(graph.replay)
+
+
 def _qkv(B, H, H_kv, Nq, Nk, D, seed=0):
     import torch
 
@@ -184,18 +197,19 @@ def _decode_row(B, N, copy):
     nbytes = 2 * B * H_kv * N * D * 2
     q, k, v = _qkv(B, H, H_kv, 1, N, D)
     seqlens = torch.full((B,), N, dtype=torch.int32, device="cuda")
+    step = lambda: flash_decode(q, k, v, seqlens)
+    sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     row = {"B": B, "N": N, "H": H, "H_kv": H_kv, "D": D, "bytes": nbytes, "copy_gbs": copy,
            "splits": choose_num_splits(B * H_kv, N, q.device),
-           "ours_ms": _ms(lambda: flash_decode(q, k, v, seqlens)),
-           "ours_one_split_ms": _ms(lambda: flash_decode(q, k, v, seqlens, num_splits=1)),
-           "sdpa_ms": _try_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True))}
+           "ours_graph_ms": _graph_ms(step), "sdpa_graph_ms": _graph_ms(sdpa), "ours_ms": _ms(step),
+           "ours_one_split_ms": _ms(lambda: flash_decode(q, k, v, seqlens, num_splits=1)), "sdpa_ms": _try_ms(sdpa)}
     if (B, N) in FLEX_SHAPES and not _out_of_time():
         try:
             flex, compile_s = _flex_decode(q, k, v)
             row.update(flex_ms=_ms(flex), flex_compile_s=compile_s)
         except Exception as exc:  # noqa: BLE001 -- FlexAttention missing or failing: say so
             row["flex_error"] = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "error"
-    for name in ("ours", "ours_one_split", "sdpa", "flex"):
+    for name in ("ours", "ours_graph", "ours_one_split", "sdpa", "sdpa_graph", "flex"):
         ms = row.get(f"{name}_ms")
         row[f"{name}_share"] = None if ms is None else nbytes / (ms * 1e-3) / 1e9 / copy
     if (B, N) == (1, 32768):  # the merge: one fused kernel against Phase 3's merge_partials, pairwise
@@ -206,9 +220,10 @@ def _decode_row(B, N, copy):
             o_part, lse_part, o, *o.stride()[:3], H, 1, B * H, splits, HEAD_DIM=D, BLOCK_D=block_d(D),
             BLOCK_S=max(2, next_power_of_2(splits)), num_warps=4))
         row["merge_partials_ms"] = _ms(lambda: merge_splits_with_partials(o_part, lse_part))
-    print(f"decode B={B} N={N}: ours {row['ours_ms'] * 1e3:.0f} us = {row['ours_share']:.0%} of copy "
-          f"({row['splits']} splits), one split {row['ours_one_split_share']:.0%}, SDPA "
-          f"{row['sdpa_share'] or 0:.0%}, flex {row.get('flex_share') or 0:.0%}", flush=True)
+    print(f"decode B={B} N={N}: ours replayed {row['ours_graph_share'] or 0:.0%} of copy ({row['splits']} splits), "
+          f"eager {row['ours_share']:.0%}, one split {row['ours_one_split_share']:.0%}; SDPA replayed "
+          f"{row['sdpa_graph_share'] or 0:.0%}, eager {row['sdpa_share'] or 0:.0%}; "
+          f"flex {row.get('flex_share') or 0:.0%}", flush=True)
     return row
 
 
@@ -226,7 +241,7 @@ def measure_decode():
                 continue
             rows.append(_decode_row(B, N, copy))
             torch.cuda.empty_cache()
-            common.save("phase7/decode.json", {"rows": rows})
+            common.save(f"phase7/decode-{common.device_tag()}.json", {"rows": rows})
 
 
 def measure():
@@ -354,20 +369,25 @@ def window_table(data) -> str:
 
 def decode_table(data) -> str:
     pct = lambda x: "-" if x is None else f"{x:.0%}"
+    us = lambda ms: "-" if ms is None else f"{ms * 1e3:.0f}"
     rows = []
     for r in data["rows"]:
-        rows.append([r["B"], f"{r['N'] // 1024}k", f"{r['bytes'] / 2**20:,.0f} MiB", f"{r['ours_ms'] * 1e3:.0f}",
-                     f"{pct(r['ours_share'])} ({r['splits']})", pct(r["ours_one_split_share"]), pct(r["sdpa_share"]),
-                     pct(r.get("flex_share"))])
+        rows.append([r["B"], f"{r['N'] // 1024}k", f"{r['bytes'] / 2**20:,.0f} MiB",
+                     f"{us(r.get('ours_graph_ms'))} ({pct(r.get('ours_graph_share'))})",
+                     f"{us(r.get('sdpa_graph_ms'))} ({pct(r.get('sdpa_graph_share'))})",
+                     f"{us(r['ours_ms'])} ({pct(r['ours_share'])})", f"{us(r.get('sdpa_ms'))} ({pct(r['sdpa_share'])})",
+                     r["splits"], pct(r["ours_one_split_share"]), pct(r.get("flex_share"))])
     copy = data["rows"][0]["copy_gbs"] if data["rows"] else float("nan")
-    text = common.markdown_table(["batch", "cached tokens", "K + V read", "ours (us)",
-                                  "ours, share of copy bandwidth (splits)", "ours, one split", "SDPA", "FlexAttention"],
-                                 rows)
+    text = common.markdown_table(["batch", "cached tokens", "K + V read", "ours, CUDA graph: us (share of copy)",
+                                  "SDPA, CUDA graph", "ours, eager", "SDPA, eager", "splits", "ours, one split (eager)",
+                                  "FlexAttention (eager)"], rows)
     merge = next((r for r in data["rows"] if "merge_partials_ms" in r), None)
     text += (f"\nH={DECODE_HEADS[0]}, H_kv={DECODE_HEADS[1]}, D={DECODE_HEADS[2]}, one new token per sequence, bf16; "
-             f"bandwidth = bytes of K and V read / time, against the copy bandwidth {copy:,.0f} GB/s.\n")
+             f"bandwidth = bytes of K and V read / time, against the copy bandwidth {copy:,.0f} GB/s. "
+             "A CUDA graph replays the step's kernels without the host (as inference engines run decoding); eager "
+             "times include the host's launches (\"-\": not measured on this GPU).\n")
     if merge:
-        text += (f"\nAt batch 1 and 32k tokens the split kernel, launched and its lengths checked (`decode_partials`), "
+        text += (f"\nAt batch 1 and 32k tokens the split kernel, launched eagerly (`decode_partials`), "
                  f"takes {merge['partials_ms'] * 1e3:.0f} us, the fused merge of its {merge['splits']} splits "
                  f"{merge['combine_kernel_ms'] * 1e3:.0f} us (the kernel alone, launched directly), and the same merge "
                  f"through Phase 3's `merge_partials` (pairwise, log2 S rounds of PyTorch operations) "
@@ -375,14 +395,27 @@ def decode_table(data) -> str:
     return text
 
 
+DEVICE_TAGS = ("h100", "h200")  # each GPU's decode data sits in its own file, rendered one table after another
+
+
+def decode_tables() -> str | None:
+    found = [(tag, common.load(f"phase7/decode-{tag}.json")) for tag in DEVICE_TAGS]
+    found = [(tag, data) for tag, data in found if data]
+    if not found:
+        return None
+    return "\n".join(f"**{data['meta']['device']}**\n\n" + decode_table(data) + "\n" + common.measured_on(data["meta"])
+                     for _, data in found)
+
+
 def figures():
     done, blocks = [], {"kv-cache-table": kv_cache_table(), "ring-table": ring_table()}
     for name, rel, fn in (("gqa-table", "phase7/gqa.json", gqa_table), ("window-table", "phase7/window.json",
-                                                                         window_table),
-                          ("decode-table", "phase7/decode.json", decode_table)):
+                                                                         window_table)):
         data = common.load(rel)
         if data:
             blocks[name] = fn(data) + "\n" + common.measured_on(data["meta"])
+    if decode_tables():
+        blocks["decode-table"] = decode_tables()
     for name, text in blocks.items():
         if common.replace_block(LESSON, name, text):
             done.append(f"filled {name}")

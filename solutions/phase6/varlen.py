@@ -19,13 +19,17 @@ cu_seqlens); after the launch it copies the values on that side stream, beside t
 for that copy only, and checks them on the host. Bad values raise from the call, as a check made
 first would; the kernel's output is dropped. The host still waits once per call, but for work
 queued before this call's kernel, which is then queued too: the GPU goes from the previous work
-straight to it.
+straight to it. And it waits once per cu_seqlens, not once per call: a model passes its batch's one
+cu_seqlens to every layer, and a verdict is kept for those very tensors while PyTorch's version
+counter says they are unchanged (`_Passed`).
 
 Launched before its inputs are known to be good, the forward kernel must be safe for *any* values
 of cu_seqlens: it clamps each sequence into the pack (forward.py), so that no value can send a load
 or a store outside q, k, v, o or lse. The backward needs no check: it follows a forward that
 passed, with the same cu_seqlens (autograd refuses a saved tensor modified in place since).
 """
+import weakref
+
 import torch
 
 from ..phase0.checks import check_attention_inputs
@@ -106,7 +110,8 @@ class CuSeqlensCheck:
         self.cu = (cu_seqlens_q, cu_seqlens_k)
         self.sizes = (total_q, total_k, max_seqlen_q, max_seqlen_k)
         self.side = None
-        if cu_seqlens_q.is_cuda:
+        self.known = _PASSED.get(self.cu, self.sizes)  # these very tensors passed before, unchanged since
+        if cu_seqlens_q.is_cuda and self.known is None:
             # The copy will wait for what the current stream holds now (whatever wrote cu_seqlens),
             # not for the kernel launched next: made after the launch, it runs beside that kernel.
             self.side = _side_stream(cu_seqlens_q.device)
@@ -129,6 +134,8 @@ class CuSeqlensCheck:
 
     def finish(self):
         """Returns (lengths of q, of k), or raises ValueError naming the argument."""
+        if self.known is not None:
+            return self.known
         bounds = self.values()
         total_q, total_k, max_seqlen_q, max_seqlen_k = self.sizes
         n = self.cu[0].numel()
@@ -138,4 +145,40 @@ class CuSeqlensCheck:
             if value < max(lengths):
                 raise ValueError(f"{name}={value} is smaller than the longest sequence ({max(lengths)} tokens): "
                                  "the kernels would skip its last rows")
+        _PASSED.add(self.cu, self.sizes, (len_q, len_k))
         return len_q, len_k
+
+
+class _Passed:
+    """cu_seqlens pairs whose values passed the check, each with the version it had then.
+
+    A model calls attention once per layer with its batch's one cu_seqlens (a data loader makes it once):
+    the values are read and checked on the first call, and the later calls find the verdict here and wait
+    for nothing. A verdict holds for the very same tensor objects with the same sizes, only while PyTorch's
+    version counter of each is unchanged (every in-place write through PyTorch moves it: `cu[1] = 5`,
+    `copy_`, `out=`); a new tensor, even with the same values or memory, is checked again. A kernel that
+    rewrote cu_seqlens through its raw pointer would not move the counter: make a new tensor instead. The
+    kernels clamp whatever values they get (forward.py), so no value can make them read out of bounds.
+    """
+
+    LIMIT = 64  # pairs remembered; the oldest goes first
+
+    def __init__(self):
+        self.entries: dict = {}  # (id, id) -> (weak refs, versions, sizes, lengths)
+
+    def get(self, cu, sizes):
+        entry = self.entries.get((id(cu[0]), id(cu[1])))
+        if entry is None:
+            return None
+        refs, versions, known_sizes, lengths = entry
+        same = all(ref() is t for ref, t in zip(refs, cu)) and versions == tuple(t._version for t in cu)
+        return lengths if same and known_sizes == sizes else None
+
+    def add(self, cu, sizes, lengths):
+        if len(self.entries) >= self.LIMIT:
+            self.entries.pop(next(iter(self.entries)))
+        self.entries[(id(cu[0]), id(cu[1]))] = (tuple(weakref.ref(t) for t in cu), tuple(t._version for t in cu),
+                                                sizes, lengths)
+
+
+_PASSED = _Passed()

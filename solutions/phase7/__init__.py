@@ -3,9 +3,9 @@ windows, logit soft-capping, any head dim up to 256, decoding with a split KV ca
 attention over a torch.distributed process group."""
 from .attention import FlashAttentionFunction, flash_attention
 from .backward import flash_attention_backward
-from .decode import flash_decode
+from .decode import check_decode_lengths, flash_decode
 from .forward import flash_attention_forward
 from .ring import ring_attention
 
-__all__ = ["FlashAttentionFunction", "flash_attention", "flash_attention_backward", "flash_attention_forward",
-           "flash_decode", "ring_attention"]
+__all__ = ["FlashAttentionFunction", "check_decode_lengths", "flash_attention", "flash_attention_backward",
+           "flash_attention_forward", "flash_decode", "ring_attention"]
