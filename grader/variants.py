@@ -32,11 +32,17 @@ def visible(n_q: int, n_k: int, causal=False, window=None, device="cpu") -> torc
     return ok
 
 
-def cache_visible(cache_seqlens: torch.Tensor, n_q: int, n_max: int) -> torch.Tensor:
+def cache_visible(cache_seqlens: torch.Tensor, n_q: int, n_max: int, causal: bool = False) -> torch.Tensor:
     """(B, 1, n_q, n_max) booleans for decoding: every query row of sequence b sees its first
-    cache_seqlens[b] keys."""
-    j = torch.arange(n_max, device=cache_seqlens.device)
-    return (j[None, :] < cache_seqlens[:, None]).reshape(-1, 1, 1, n_max).expand(-1, 1, n_q, n_max)
+    cache_seqlens[b] keys; `causal` aligns the n_q queries bottom-right (query i is the key at position
+    cache_seqlens[b] - n_q + i and sees the keys up to it, flash-attn's convention for a KV cache)."""
+    j = torch.arange(n_max, device=cache_seqlens.device)[None, None, :]
+    lengths = cache_seqlens.to(torch.int64)[:, None, None]
+    ok = (j < lengths).expand(-1, n_q, n_max)
+    if causal:
+        i = torch.arange(n_q, device=cache_seqlens.device)[None, :, None]
+        ok = ok & (j <= lengths - n_q + i)
+    return ok.reshape(-1, 1, n_q, n_max)
 
 
 def repeat_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -45,9 +45,10 @@ def block_d(D: int) -> int:
     return max(16, next_power_of_2(D))
 
 
-def check_heads(q, k, v, triton=True, names=("q", "k", "v")) -> int:
+def check_heads(q, k, v, triton=True, names=("q", "k", "v"), same_batch=True) -> int:
     """q: (B, H, Nq, D), k and v: (B, H_kv, Nk, D) with H_kv dividing H; returns the group size H // H_kv.
-    `names` are the arguments' names in the messages (flash_decode's are k_cache and v_cache)."""
+    `names` are the arguments' names in the messages (flash_decode's are k_cache and v_cache); a paged cache's
+    first dimension counts pages, not sequences (same_batch=False)."""
     nq, nk, nv = names
     for name, x in ((nq, q), (nk, k), (nv, v)):
         check_float_tensor(x, name)
@@ -59,7 +60,7 @@ def check_heads(q, k, v, triton=True, names=("q", "k", "v")) -> int:
         raise TypeError(f"{nq}, {nk} and {nv} must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
     if k.shape != v.shape:
         raise ValueError(f"{nk} and {nv} must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+    if (same_batch and q.shape[0] != k.shape[0]) or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"{nq} {tuple(q.shape)} and {nk} {tuple(k.shape)} must agree in B and D")
     H, H_kv = q.shape[1], k.shape[1]
     if H_kv == 0 or H % H_kv:

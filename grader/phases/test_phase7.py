@@ -337,11 +337,53 @@ def check_decode(api, q, k_cache, v_cache, seqlens, sm_scale=None, num_splits=No
     o = graded_call(api.flash_decode, q, k_cache, v_cache, seqlens, sm_scale=sm_scale, num_splits=num_splits)
     rk, rv = ref_cache or (k_cache, v_cache)
     mask = variants.cache_visible(seqlens, q.shape[2], k_cache.shape[2])
-    ref_o, _ = variants.reference(q, rk, rv, mask, sm_scale)
-    base_o, _ = variants.baseline(q, rk, rv, mask, sm_scale)
-    numerics.assert_close("o", o, ref_o, base_o, dtype=q.dtype)
+    _check_decode_output(o, q, rk, rv, mask, sm_scale)
+    return o
+
+
+def _check_decode_output(o, q, k, v, mask, sm_scale=None, what="o"):
+    ref_o, _ = variants.reference(q, k, v, mask, sm_scale)
+    base_o, _ = variants.baseline(q, k, v, mask, sm_scale)
+    numerics.assert_close(what, o, ref_o, base_o, dtype=q.dtype)
     if o.dtype != q.dtype:
         raise AssertionError(f"o has dtype {o.dtype}, expected q's dtype {q.dtype}")
+
+
+def _logical(cache, table):
+    """A paged cache (pages, H_kv, page, D) seen as (B, H_kv, pages per sequence x page, D): row b gathers
+    the pages table[b] lists, in order. A contiguous cache (table None) as it is."""
+    if table is None:
+        return cache
+    pages = cache[table.long()]                      # (B, P, H_kv, page, D)
+    B, P, H_kv, page, D = pages.shape
+    return pages.transpose(1, 2).reshape(B, H_kv, P * page, D)
+
+
+def check_kvcache(api, q, k_cache, v_cache, seqlens, k_new=None, v_new=None, causal=False, block_table=None):
+    """flash_decode with flash_attn_with_kvcache's options: k_new / v_new appended in place at each sequence's
+    length, queries causal bottom-right, a paged cache. Checks o against float64 attention over the cache as
+    it should be after the call, and that the call wrote the new tokens there and nothing else."""
+    n_new = 0 if k_new is None else k_new.shape[2]
+    want_k, want_v = _logical(k_cache, block_table).clone(), _logical(v_cache, block_table).clone()
+    for b, n in enumerate(seqlens.tolist()):
+        if n_new:
+            want_k[b, :, n:n + n_new], want_v[b, :, n:n + n_new] = k_new[b], v_new[b]
+    o = graded_call(api.flash_decode, q, k_cache=k_cache, v_cache=v_cache, cache_seqlens=seqlens, k_new=k_new,
+                    v_new=v_new, causal=causal, block_table=block_table, mutable=("k_cache", "v_cache"))
+    for name, cache, want in (("k_cache", k_cache, want_k), ("v_cache", v_cache, want_v)):
+        got = _logical(cache, block_table)
+        wrong = (got != want).any(dim=-1).any(dim=1)  # (B, positions) written wrong
+        if wrong.any():
+            b, j = (int(x) for x in wrong.nonzero()[0])
+            n = int(seqlens[b])
+            where = (f"new token {j - n} of sequence {b} (cache position {j} = cache_seqlens[{b}] + {j - n}) was not "
+                     "written there" if n <= j < n + n_new else
+                     f"cache position {j} of sequence {b} changed, outside the {n_new} new tokens at "
+                     f"{n} .. {n + n_new - 1}")
+            raise AssertionError(f"{name} after the call: {where}" + (" (through block_table's pages)"
+                                                                      if block_table is not None else ""))
+    mask = variants.cache_visible(seqlens + n_new, q.shape[2], want_k.shape[2], causal)
+    _check_decode_output(o, q, want_k, want_v, mask)
     return o
 
 
@@ -401,6 +443,72 @@ def test_decode_reads_nothing_past_seqlen(api, gen, device):
             "kernel loads keys past cache_seqlens[b]; stop at the sequence's own length")
 
 
+KVCACHE_CASES = [
+    # B, H, H_kv, Nq, N_new, lengths (before the call), causal, page (0: contiguous), capacity, D, dtype
+    pytest.param(3, 4, 2, 1, 1, [5, 37, 63], False, 0, 64, 32, "fp32", id="fp32-append1"),
+    pytest.param(3, 4, 2, 3, 3, [0, 20, 61], True, 0, 64, 32, "fp16", id="fp16-append3-causal"),
+    pytest.param(3, 4, 1, 4, 0, [4, 30, 64], True, 0, 64, 16, "fp32", id="fp32-causal-Nq4-no-append"),
+    pytest.param(2, 6, 2, 2, 2, [0, 45], True, 16, 64, 32, "fp16", id="fp16-paged16-append2-causal"),
+    pytest.param(3, 2, 2, 1, 0, [64, 1, 33], False, 32, 96, 64, "fp32", id="fp32-paged32"),
+    pytest.param(4, 32, 8, 1, 1, [3000, 1, 2047, 511], False, 256, 3072, 128, "bf16", id="bf16-paged256-append1",
+                 marks=gpu),
+    pytest.param(2, 16, 4, 8, 8, [1000, 4088], True, 0, 4096, 128, "bf16", id="bf16-append8-causal-D128",
+                 marks=gpu),
+]
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("B, H, H_kv, Nq, N_new, lengths, causal, page, capacity, D, dtype", KVCACHE_CASES)
+def test_decode_kvcache(api, gen, device, B, H, H_kv, Nq, N_new, lengths, causal, page, capacity, D, dtype):
+    """flash-attn's KV-cache call: new tokens' K/V appended in place at each sequence's length, several new
+    queries causal bottom-right against the cache (speculative decoding, chunked prefill), a paged cache."""
+    dtype = FLOAT[dtype]
+    q = randn((B, H, Nq, D), dtype, device, gen)
+    k_new, v_new = ((randn((B, H_kv, N_new, D), dtype, device, gen) for _ in range(2)) if N_new else (None, None))
+    table = None
+    if page:  # the pages of all sequences, shuffled, plus two spare ones no sequence owns
+        per_seq = capacity // page
+        n_pages = B * per_seq + 2
+        table = torch.randperm(n_pages, generator=gen)[:B * per_seq].reshape(B, per_seq).to(torch.int32).to(device)
+        k_cache, v_cache = (randn((n_pages, H_kv, page, D), dtype, device, gen) for _ in range(2))
+    else:
+        k_cache, v_cache = (randn((B, H_kv, capacity, D), dtype, device, gen) for _ in range(2))
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    check_kvcache(api, q, k_cache, v_cache, seqlens, k_new, v_new, causal, table)
+
+
+@pytest.mark.points(1)
+def test_decode_kvcache_refuses_bad_input(api, gen, device):
+    B, H, H_kv, D = 2, 4, 2, 16
+    q = randn((B, H, 1, D), torch.float32, device, gen)
+    k, v = (randn((B, H_kv, 32, D), torch.float32, device, gen) for _ in range(2))
+    lens = torch.tensor([10, 30], dtype=torch.int32, device=device)
+    kn, vn = (randn((B, H_kv, 2, D), torch.float32, device, gen) for _ in range(2))
+    pages = [randn((5, H_kv, 16, D), torch.float32, device, gen) for _ in range(2)]
+    table = torch.tensor([[0, 1], [3, 2]], dtype=torch.int32, device=device)
+    f = api.flash_decode
+    assert_accepts(lambda: f(q, k, v, lens, k_new=kn.clone(), v_new=vn.clone()), "two new tokens appended")
+    assert_accepts(lambda: f(q, *pages, lens, block_table=table), "a paged cache of 5 pages of 16")
+    assert_refuses(lambda: f(q, k, v, lens, k_new=kn), ValueError, "v_new", "k_new without v_new")
+    assert_refuses(lambda: f(q, k, v, lens, k_new=kn[:, :1], v_new=vn[:, :1]), ValueError, "k_new",
+                   "k_new with 1 head for H_kv = 2")
+    assert_refuses(lambda: f(q, k, v, lens, causal="yes"), TypeError, "causal", "causal='yes'")
+    assert_refuses(lambda: f(q, *pages, lens, block_table=table.float()), TypeError, "block_table",
+                   "float page indices")
+    assert_refuses(lambda: f(q, *pages, lens, block_table=table[:1]), ValueError, "block_table",
+                   "a block_table for 1 sequence of 2")
+    odd = [randn((5, H_kv, 20, D), torch.float32, device, gen) for _ in range(2)]
+    assert_refuses(lambda: f(q, *odd, lens, block_table=table), ValueError, "k_cache", "pages of 20 tokens")
+    # Values live on the device: reported by the call, or at the latest by check_decode_lengths()
+    full = torch.tensor([10, 31], dtype=torch.int32, device=device)
+    assert_refuses(lambda: _decode_then_check(api, q, k, v, full, k_new=kn.clone(), v_new=vn.clone()), ValueError,
+                   "cache_seqlens", "a length of 31 with 2 new tokens in a cache of 32")
+    bad_page = torch.tensor([[0, 1], [3, 5]], dtype=torch.int32, device=device)
+    assert_refuses(lambda: _decode_then_check(api, q, *pages, torch.tensor([10, 30], dtype=torch.int32,
+                                                                           device=device), block_table=bad_page),
+                   ValueError, "block_table", "page 5 of a cache of 5 pages")
+
+
 ### BEGIN HIDDEN TESTS
 @pytest.mark.points(1)
 def test_decode_seeded_shapes(api, gen, device):
@@ -416,11 +524,11 @@ def test_decode_seeded_shapes(api, gen, device):
 ### END HIDDEN TESTS
 
 
-def _decode_then_check(api, q, k, v, lengths):
-    """A call with bad lengths must raise ValueError by the time check_decode_lengths() returns: from the call
+def _decode_then_check(api, q, k, v, lengths, **options):
+    """A call with bad values must raise ValueError by the time check_decode_lengths() returns: from the call
     itself (the CPU, or a kernel that checks on the host) or from the check, which waits for the GPU (the
-    lengths are checked on the device, without a host round trip that would break CUDA-graph capture)."""
-    api.flash_decode(q, k, v, lengths)
+    values are checked on the device, without a host round trip that would break CUDA-graph capture)."""
+    api.flash_decode(q, k, v, lengths, **options)
     api.check_decode_lengths()
 
 
@@ -582,21 +690,28 @@ def _backward_specs(module, dtype, D, cfg, softcap, arch):
     return specs
 
 
-def _decode_specs(module, dtype, D, cfg, arch):
+def _decode_specs(module, dtype, D, cfg, arch, page_size=0, causal=False):
     block_n, warps, stages = cfg
-    sig = _ptrs("QKV", dtype) | {"SEQLENS": "*i32", "BAD_LENGTH": "*i32"} | _ptrs(["O_PART", "LSE_PART"], "fp32")
-    sig |= {"sm_scale": "fp32"}
-    sig |= _ints(_strides("q", "k", "v")) | _ints(["H_KV", "GROUP", "N_Q", "N_MAX", "TOTAL_ROWS", "NUM_SPLITS",
-                                                                 "BIG"])
-    consts = {"HEAD_DIM": D, "BLOCK_D": module.block_d(D), "BLOCK_M": 16, "BLOCK_N": block_n,
-              "DOT_PRECISION": "ieee" if dtype == "fp32" else "tf32"}
+    sig = _ptrs("QKV", dtype) | _ptrs(["SEQLENS", "TABLE", "BAD_INPUT"], "i32") | _ptrs(["O_PART", "LSE_PART"], "fp32")
+    sig |= {"sm_scale": "fp32"} | _ints(_strides("q", "k", "v") + ["stride_tb"])
+    sig |= _ints(["H_KV", "GROUP", "N_Q", "N_NEW", "N_MAX", "N_PAGES", "TOTAL_ROWS", "NUM_SPLITS", "BIG"])
+    consts = {"HEAD_DIM": D, "BLOCK_D": module.block_d(D), "BLOCK_M": 16, "BLOCK_N": block_n, "PAGE_SIZE": page_size,
+              "CAUSAL": causal, "DOT_PRECISION": "ieee" if dtype == "fp32" else "tf32"}
+    what = f"{dtype} D={D} BLOCK_N={block_n}" + (f" pages of {page_size}" if page_size else "")
+    what += " causal" if causal else ""
     specs = [aot.KernelSpec("decode", "_decode_split", sig | {c: "constexpr" for c in consts}, consts, warps, stages,
-                            f"{dtype} D={D} BLOCK_N={block_n} w{warps} s{stages} (for sm_{arch})", archs=(arch,))]
+                            f"{what} w{warps} s{stages} (for sm_{arch})", archs=(arch,))]
     sig = _ptrs(["O_PART", "LSE_PART"], "fp32") | _ptrs(["O"], dtype) | _ints(["stride_ob", "stride_oh", "stride_on"])
     sig |= _ints(["H", "N_Q", "TOTAL_ROWS", "NUM_SPLITS"])
     consts = {"HEAD_DIM": D, "BLOCK_D": module.block_d(D), "BLOCK_S": 64}
     specs.append(aot.KernelSpec("decode", "_combine_splits", sig | {c: "constexpr" for c in consts}, consts, 4, 1,
                                 f"{dtype} D={D} 64 splits (for sm_{arch})", archs=(arch,)))
+    sig = _ptrs(["K_NEW", "V_NEW", "K", "V"], dtype) | _ptrs(["SEQLENS", "TABLE"], "i32")
+    sig |= _ints(_strides("n", "w", "k", "v") + ["stride_tb", "H_KV", "N_NEW", "N_MAX", "N_PAGES"])
+    consts = {"HEAD_DIM": D, "BLOCK_D": module.block_d(D), "BLOCK_N": 16, "PAGE_SIZE": page_size}
+    specs.append(aot.KernelSpec("decode", "_append_kv", sig | {c: "constexpr" for c in consts}, consts, 4, 1,
+                                f"{dtype} D={D}{f' pages of {page_size}' if page_size else ''} (for sm_{arch})",
+                                archs=(arch,)))
     return specs
 
 
@@ -612,6 +727,7 @@ def _compile_specs():
     specs += _backward_specs(options, "bf16", 256, bwd.CONFIGS_SM90[256], False, 90)
     specs += _backward_specs(options, "bf16", 80, bwd.CONFIGS_SM90[128], True, 90)[:1]
     specs += _decode_specs(options, "bf16", 128, (64, 4, 3), 90)
+    specs += _decode_specs(options, "bf16", 128, (64, 4, 3), 90, page_size=256, causal=True)
     specs.append(_forward_spec(options, "bf16", 256, fwd.CONFIGS_SM80[256], False, 80))
     specs += _backward_specs(options, "bf16", 256, bwd.CONFIGS_SM80[256], False, 80)
     return specs
