@@ -34,8 +34,8 @@ from pathlib import Path
 
 from grader import settings
 from grader.impl import ROOT, phases
-from grader.instructor.release import (BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, GRADER_FOLDERS, leaks, parse_phases,
-                                       strip_hidden_tests, student_files)
+from grader.instructor.answers import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, leaks
+from grader.instructor.release import GRADER_FOLDERS, parse_phases, strip_hidden_tests, student_files
 
 COURSE_ID = "flashattention-from-scratch"
 TARGET_TIERS = {"cpu": {"correctness", "compile"}, "gpu": {"correctness", "compile", "gpu", "throughput"}}
