@@ -185,13 +185,15 @@ def _candidates(lines: list[str]) -> list[tuple[int, str]]:
 
 def _quotes(text: str, key: str) -> bool:
     """Does `text` hold squashed statement `key` whole, whitespace aside: not as part of a longer name
-    or expression (see CONTINUES; a bracket after a space opens prose, `x = f(a) (the ...)`)?"""
+    or expression (see CONTINUES)? A space before it ends a word (`the answer is x = f(a)`); a bracket
+    after a space opens prose (`x = f(a) (the ...)`)."""
     kept = [(i, c) for i, c in enumerate(text) if not c.isspace()]
     squashed = "".join(c for _, c in kept)
     i = squashed.find(key)
     while i >= 0:
         j = i + len(key)
-        whole_name = i == 0 or (squashed[i - 1] not in IDENTIFIER_CHARS and squashed[i - 1] != ".")
+        whole_name = i == 0 or (squashed[i - 1] not in IDENTIFIER_CHARS and squashed[i - 1] != ".") or \
+            kept[i][0] > kept[i - 1][0] + 1
         ends = j == len(squashed) or squashed[j] not in CONTINUES or \
             (squashed[j] in "([" and kept[j][0] > kept[j - 1][0] + 1)
         if whole_name and ends:

@@ -179,11 +179,13 @@ def _copy_file(src: Path, target: Path, root: Path) -> None:
 
 def cited_assets(copy: Path) -> set[str]:
     """The paths under assets/ that the files of `copy` outside assets/ cite: links, images, paths in
-    prose and comments (`../../assets/phase0/roofline.png` cites `assets/phase0/roofline.png`)."""
+    prose and comments (`../../assets/phase0/roofline.png` cites `assets/phase0/roofline.png`).
+    `assets/phaseN/` names no folder: N stands for any phase, as in the README's layout."""
     cited = set()
     for path in copy.rglob("*"):
         if path.is_file() and path.relative_to(copy).parts[0] != "assets" and path.suffix in TEXT_KINDS:
-            cited.update(m.rstrip("/.") for m in ASSET_CITATION.findall(path.read_text(errors="replace")))
+            found = ASSET_CITATION.findall(path.read_text(errors="replace"))
+            cited.update(m.rstrip("/.") for m in found if "phaseN" not in m)
     return cited
 
 
