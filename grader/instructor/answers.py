@@ -38,6 +38,7 @@ IDENTIFIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 # What may follow a quoted statement without making it part of a longer expression: not a name,
 # an operator, a call, an index or an attribute (`x = f(a)` is not quoted by `x = f(a) + 1`).
 CONTINUES = IDENTIFIER_CHARS | frozenset(".([+-*/%&|^<>=@")
+AFTER_A_SPACE = IDENTIFIER_CHARS | frozenset("([")  # ... of these, what a space turns into prose
 UNESCAPES = (("\\\\", "\0"), ("\\r\\n", "\n"), ("\\n", "\n"), ("\\t", " "), ('\\"', '"'), ("\\'", "'"), ("\0", "\\"))
 
 
@@ -185,8 +186,8 @@ def _candidates(lines: list[str]) -> list[tuple[int, str]]:
 
 def _quotes(text: str, key: str) -> bool:
     """Does `text` hold squashed statement `key` whole, whitespace aside: not as part of a longer name
-    or expression (see CONTINUES)? A space before it ends a word (`the answer is x = f(a)`); a bracket
-    after a space opens prose (`x = f(a) (the ...)`)."""
+    or expression (see CONTINUES)? A space before it ends a word (`the answer is x = f(a)`); a word or
+    a bracket after a space is prose (`x = f(a) after ...`, `x = f(a) (the ...)`), an operator is not."""
     kept = [(i, c) for i, c in enumerate(text) if not c.isspace()]
     squashed = "".join(c for _, c in kept)
     i = squashed.find(key)
@@ -195,7 +196,7 @@ def _quotes(text: str, key: str) -> bool:
         whole_name = i == 0 or (squashed[i - 1] not in IDENTIFIER_CHARS and squashed[i - 1] != ".") or \
             kept[i][0] > kept[i - 1][0] + 1
         ends = j == len(squashed) or squashed[j] not in CONTINUES or \
-            (squashed[j] in "([" and kept[j][0] > kept[j - 1][0] + 1)
+            (squashed[j] in AFTER_A_SPACE and kept[j][0] > kept[j - 1][0] + 1)
         if whole_name and ends:
             return True
         i = squashed.find(key, i + 1)
