@@ -226,7 +226,7 @@ def search(lines: list[str], found: Answers) -> list[tuple[int, str]]:
             if n not in flagged and key in squashed and _quotes(text, key):
                 problems.append((n, f"quotes a statement of {where} that students must not see: {code[:80]!r}"))
                 flagged.add(n)
-    return sorted(problems)
+    return sorted(set(problems))  # a line and the pieces of its strings may hold the same answer
 
 
 def file_lines(path: Path) -> list[str] | None:
