@@ -118,7 +118,7 @@ def _attn_fwd(Q, K, V, O, LSE, sm_scale, softcap,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr):
     # A 1-D grid, neighbouring programs on one query head; the GROUP heads of a group are neighbours
-    # too (h = hk * GROUP + g), so their programs read the same K/V while it sits in L2.
+    # too (numbered from hk * GROUP on), so their programs read the same K/V while it sits in L2.
     pid = tl.program_id(0)
     start_m = (N_M_BLOCKS - 1 - pid % N_M_BLOCKS) * BLOCK_M
     off_bh = tl.program_id(0) // N_M_BLOCKS  # (batch, head) of this program

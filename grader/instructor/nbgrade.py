@@ -34,8 +34,9 @@ from pathlib import Path
 
 from grader import settings
 from grader.impl import ROOT, phases
-from grader.instructor.release import (BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, GRADER_FOLDERS, leaks, parse_phases,
-                                       strip_hidden_tests, student_files)
+from grader.instructor.answers import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, leaks
+from grader.instructor.release import (BEGIN_COURSE_ONLY, END_COURSE_ONLY, GRADER_FOLDERS, parse_phases,
+                                       strip_hidden_tests, strip_regions, student_files)
 
 COURSE_ID = "flashattention-from-scratch"
 TARGET_TIERS = {"cpu": {"correctness", "compile"}, "gpu": {"correctness", "compile", "gpu", "throughput"}}
@@ -164,7 +165,8 @@ def _lesson_cells(phase: int, assignment: Path) -> list[dict]:
     readme = ROOT / "exercises" / f"phase{phase}" / "README.md"
     if not readme.exists():
         return [_cell("markdown", f"# Phase {phase}\n\n(This phase has no lesson text yet.)")]
-    text = readme.read_text()
+    # as `make release` ships a lesson: without its parts for instructors
+    text = strip_regions(readme.read_text(), BEGIN_COURSE_ONLY, END_COURSE_ONLY, str(readme.relative_to(ROOT)))
 
     def relink(match):  # figures referenced by the lesson are copied next to the notebook
         label, target = match.group(1), match.group(2)

@@ -1,16 +1,19 @@
 """`make release`: the student copy of the course, as a folder and as an archive.
 
 It holds the folders listed in STUDENT_FOLDERS: the lessons and the exercises (exercises/), the
-grader students run (the files of grader/ and grader/phases/), the figures (assets/); and the
-Makefile (without the instructor verbs), pyproject.toml and the README. It has no solutions/, no
-grader/instructor/ (these tools, the course's own tests) and no grader/lessons/ (the measurements),
-because they are not listed; every `### BEGIN HIDDEN TESTS` ... `### END HIDDEN TESTS` block is cut
-out of the grader, as nbgrader does with its hidden tests.
+grader students run (the files of grader/ and grader/phases/), what the lessons show from assets/
+(assets/phaseN/: figures, tables and their data); and the Makefile (without the instructor verbs),
+pyproject.toml and the README. It has no solutions/, no grader/instructor/ (these tools, the course's
+own tests), no grader/lessons/ (the measurements) and no assets/reports/ or assets/mutants/ (records
+of grading the solutions and their mutants), because they are not listed; every
+`### BEGIN HIDDEN TESTS` ... `### END HIDDEN TESTS` block is cut out of the grader, as nbgrader
+does with its hidden tests.
 
 A course is released phase by phase (`--phases 0-2`: the exercises, graders and figures of those
 phases only; by default every phase). Before it writes the archive it checks its own work, for the
-phases it holds (`leaks`): no line of any of their solution regions and no line of a hidden test may
-appear in any file of the copy. A later phase's scaffolding that repeats an earlier phase's answer
+phases it holds (`answers.leaks`): no line or statement of any of their solution regions and none of
+a hidden test may appear in any file of the copy, whatever its kind (a JSON string, a log line, a
+hint and a comment included). A later phase's scaffolding that repeats an earlier phase's answer
 counts as a leak when both phases are released together.
 
     python -m grader.instructor.release [--phases 0-2] [--out build/release] [--archive build/release.tar.gz]
@@ -23,9 +26,8 @@ import tarfile
 from pathlib import Path
 
 from grader.impl import ROOT
+from grader.instructor.answers import BEGIN_HIDDEN, END_HIDDEN, course_phases, leaks
 
-BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
-BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 # Parts of the README for the course's authors and instructors (their verbs, INSTRUCTORS.md): cut
 # from the student copy, which has neither.
 BEGIN_COURSE_ONLY, END_COURSE_ONLY = "<!-- BEGIN COURSE-ONLY -->", "<!-- END COURSE-ONLY -->"
@@ -33,19 +35,34 @@ ARCHIVE_TOP = "flashattention-from-scratch"
 
 TOP_FILES = ("README.md", "Makefile", "pyproject.toml", ".gitignore", "LICENSE", "LICENSE.md", "LICENSE.txt")
 # What students get, by folder: each folder listed comes with its files, and with its subfolders only
-# where it ends in /** (the whole tree). A folder that is not listed stays home, whatever it holds.
-# The grader's folders are shared with `make nbgrader`, whose notebooks run the same grader.
+# where it ends in /** (the whole tree); a name may be a pattern (`phase*`). A folder that is not
+# listed stays home, whatever it holds. The grader's folders are shared with `make nbgrader`, whose
+# notebooks run the same grader.
 GRADER_FOLDERS = ("grader", "grader/phases")
-STUDENT_FOLDERS = ("exercises/**", "assets/**", *GRADER_FOLDERS)
+# What the copy takes from assets/: the folder of each released phase (assets/phaseN/), and of it
+# what the lesson shows, its figures and tables and the data they are drawn from (LESSON_ASSET_KINDS:
+# written by `make measure`, `make figures` and the experiments the stubs cite), and any other file
+# that a shipped file cites by its path (a measurement log the lesson points to). Run logs and
+# compiler dumps that nothing shipped cites stay home, as does every folder in HOME_ASSETS.
+LESSON_ASSETS = "assets/phase*/**"
+LESSON_ASSET_KINDS = (".png", ".svg", ".jpg", ".json", ".csv", ".md")
+ASSET_CITATION = re.compile(r"assets/[\w./-]*[\w/]")
+STUDENT_FOLDERS = ("exercises/**", LESSON_ASSETS, *GRADER_FOLDERS)
 # The folders of grader/ that stay home: the instructor's tools and the course's own tests (they
 # read solutions/), and the measurement scripts behind the lessons' tables (they import solutions/;
 # Phase 4's includes a working atomic-dQ backward kernel, a near answer: students get the tables, not
 # the scripts). The course's test_layout.py checks that every folder of grader/ is in one list or
 # the other, and that no student folder imports from these.
 HOME_FOLDERS = ("grader/instructor", "grader/lessons")
+# The folders of assets/ that stay home: records of grading the reference solutions and their mutants
+# (`make check-solutions`, `make mutants RECORD=1`, GPU grading logs). Their messages quote the
+# solutions' source lines, and each mutant's record names the bug and the test that catches it.
+# test_layout.py checks that every folder of assets/ ships (LESSON_ASSETS) or is listed here.
+HOME_ASSETS = ("assets/reports", "assets/mutants")
 # Makefile verbs that need solutions/ or exist for instructors; the release's Makefile drops them.
 INSTRUCTOR_TARGETS = ("check-solutions", "test", "mutants", "exercises", "measure", "figures", "lint", "release",
                       "nbgrader", "grade-all")
+TEXT_KINDS = (".py", ".md", ".toml", ".txt", "")  # files that may cite an asset (the Makefile has no suffix)
 SKIP_PARTS = ("__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".hints")  # .hints: a user's record
 
 
@@ -77,36 +94,6 @@ def strip_hidden_tests(text: str, where: str = "<text>") -> str:
     return strip_regions(text, BEGIN_HIDDEN, END_HIDDEN, where)
 
 
-def region_lines(text: str, begin: str, end: str) -> tuple[list[str], list[str]]:
-    """(lines inside the regions, lines outside them), stripped."""
-    inside, outside, depth = [], [], False
-    for line in text.splitlines():
-        mark = line.strip()
-        if mark == begin:
-            depth = True
-        elif mark == end:
-            depth = False
-        else:
-            (inside if depth else outside).append(mark)
-    return inside, outside
-
-
-# A block header on one flag (`if CAUSAL:`, `if not EVEN_N:`) is syntax that any kernel of the course
-# has, not an answer.
-FLAG_HEADER = re.compile(r"^(if|elif|while)( not)? [A-Za-z_][A-Za-z0-9_]*:$")
-
-
-def _meaningful(line: str) -> bool:
-    """Lines long enough to be an answer rather than syntax (`else:`, `)`, `return o`, blank)."""
-    return len(line) >= 10 and re.search(r"[A-Za-z0-9]", line) is not None and not FLAG_HEADER.match(line)
-
-
-def course_phases(root: Path = ROOT) -> list[int]:
-    """The phases of solutions/ (phaseN folders), in order."""
-    return sorted(int(p.name[len("phase"):]) for p in (root / "solutions").glob("phase*")
-                  if p.is_dir() and p.name[len("phase"):].isdigit())
-
-
 def parse_phases(spec: str | None, available: list[int]) -> list[int]:
     """`0-2`, `0,3`, `1-2,4` or None (every phase) -> sorted phase numbers; ValueError names a bad one."""
     if not spec:
@@ -131,147 +118,6 @@ def imported_phases(phase: int, root: Path = ROOT) -> set[int]:
     return found - {phase}
 
 
-def _phase_of(path: Path, tree: Path) -> int | None:
-    first = path.relative_to(tree).parts[0]
-    return int(first[len("phase"):]) if first.startswith("phase") and first[len("phase"):].isdigit() else None
-
-
-def _solution_regions(root: Path):
-    """(phase or None, path relative to root, lines inside the solution regions, lines outside them)
-    of each source file of solutions/: what both leak checks below start from."""
-    solutions = root / "solutions"
-    for path in sorted(solutions.rglob("*.py")):
-        if not any(part in SKIP_PARTS for part in path.parts):
-            inside, outside = region_lines(path.read_text(), BEGIN_SOLUTION, END_SOLUTION)
-            yield _phase_of(path, solutions), str(path.relative_to(root)), inside, outside
-
-
-def secret_lines(root: Path = ROOT, phases: list[int] | None = None) -> dict[str, str]:
-    """Every line a copy holding `phases` (default: every phase) must not contain -> where it comes from.
-
-    - The lines of the solution regions of those phases, except a line that also stands outside
-      the solution regions of the same phase or an earlier one: the student has that line in front
-      of them anyway. A line that only a *later* phase shows as scaffolding stays secret: released
-      together, the later stub would give the earlier answer away.
-    - The lines of hidden-test blocks in grader/, except those that also appear outside such blocks.
-    """
-    phases = course_phases(root) if phases is None else phases
-    inside_by_phase: dict[int, dict[str, str]] = {}
-    outside_by_phase: dict[int | None, set[str]] = {}
-    for phase, where, inside, outside in _solution_regions(root):
-        outside_by_phase.setdefault(phase, set()).update(outside)
-        if phase is not None:
-            for line in inside:
-                if _meaningful(line):
-                    inside_by_phase.setdefault(phase, {}).setdefault(line, where)
-    secrets = {}
-    for phase in phases:
-        seen = set(outside_by_phase.get(None, set())).union(
-            *(lines for p, lines in outside_by_phase.items() if p is not None and p <= phase))
-        for line, where in inside_by_phase.get(phase, {}).items():
-            if line not in seen:
-                secrets.setdefault(line, where)
-    hidden, public = {}, set()
-    for path in sorted((root / "grader").rglob("*.py")):
-        if any(part in SKIP_PARTS for part in path.parts):
-            continue
-        inside, outside = region_lines(path.read_text(), BEGIN_HIDDEN, END_HIDDEN)
-        public.update(outside)
-        for line in inside:
-            if _meaningful(line):
-                hidden.setdefault(line, str(path.relative_to(root)))
-    secrets.update({line: where for line, where in hidden.items() if line not in public and line not in secrets})
-    return secrets
-
-
-def _squash(text: str) -> str:
-    return re.sub(r"\s+", "", text)
-
-
-def _statements(lines: list[str]) -> list[tuple[int, str]]:
-    """(index of the first line, the lines joined) of each statement spanning several lines: a line
-    whose brackets stay open continues on the next. Comments are dropped (roughly: `#` to the end)."""
-    found, parts, start, depth = [], [], 0, 0
-    for i, line in enumerate(lines):
-        code = line.split("#", 1)[0].strip()
-        if not parts:
-            start = i
-        parts.append(code)
-        depth += sum(code.count(c) for c in "([{") - sum(code.count(c) for c in ")]}")
-        if depth <= 0:
-            if len(parts) > 1:
-                found.append((start, " ".join(parts)))
-            parts, depth = [], 0
-    return found
-
-
-def secret_statements(root: Path = ROOT, phases: list[int] | None = None) -> dict[str, str]:
-    """The answers' statements that span several lines, whitespace removed -> where they come from:
-    a lesson that quotes one on a single line (or re-wrapped) is caught too. Exempt as in
-    `secret_lines`: a statement that also stands outside the regions of the same or an earlier phase."""
-    phases = course_phases(root) if phases is None else phases
-    inside_by_phase: dict[int, dict[str, str]] = {}
-    outside_by_phase: dict[int | None, set[str]] = {}
-    for phase, where, inside, outside in _solution_regions(root):
-        outside_by_phase.setdefault(phase, set()).update(_squash(st) for _, st in _statements(outside))
-        if phase is not None:
-            for _, statement in _statements(inside):
-                inside_by_phase.setdefault(phase, {}).setdefault(_squash(statement), where)
-    secrets = {}
-    for phase in phases:
-        seen = set(outside_by_phase.get(None, set())).union(
-            *(st for p, st in outside_by_phase.items() if p is not None and p <= phase))
-        secrets.update({st: where for st, where in inside_by_phase.get(phase, {}).items() if st not in seen})
-    return secrets
-
-
-def _text_lines(path: Path) -> list[str] | None:
-    """The lines a reader sees in a file (a notebook's cell sources), or None for a binary file."""
-    try:
-        text = path.read_text()
-    except (UnicodeDecodeError, ValueError):
-        return None  # figures and other binary files
-    if path.suffix == ".ipynb":
-        import json
-
-        try:
-            cells = json.loads(text).get("cells", [])
-        except ValueError:
-            return text.splitlines()
-        return [line for cell in cells for line in "".join(cell.get("source", "")).splitlines()]
-    return text.splitlines()
-
-
-def leaks(release: Path, root: Path = ROOT, phases: list[int] | None = None) -> list[str]:
-    """Problems of a student copy holding `phases` (default every phase): solutions/ present,
-    markers left, secret lines found."""
-    problems = []
-    if (release / "solutions").exists():
-        problems.append("solutions/ is in the release")
-    secrets = secret_lines(root, phases)
-    statements = secret_statements(root, phases)
-    for path in sorted(p for p in release.rglob("*") if p.is_file()):
-        lines = _text_lines(path)
-        if lines is None:
-            continue
-        rel = path.relative_to(release)
-        for n, line in enumerate(lines, 1):
-            mark = line.strip()
-            if mark in (BEGIN_SOLUTION, END_SOLUTION, BEGIN_HIDDEN, END_HIDDEN):
-                problems.append(f"{rel}:{n}: marker {mark!r} left in the release")
-            elif mark in secrets:
-                problems.append(f"{rel}:{n}: a line of {secrets[mark]} that students must not see: {mark[:80]!r}")
-            elif _squash(mark.split("#", 1)[0]) in statements:
-                where = statements[_squash(mark.split("#", 1)[0])]
-                problems.append(f"{rel}:{n}: a statement of {where}, on one line, that students must not see: "
-                                f"{mark[:80]!r}")
-        for start, statement in _statements([line.strip() for line in lines]):
-            if _squash(statement) in statements and not any(p.startswith(f"{rel}:{start + 1}:") for p in problems):
-                problems.append(f"{rel}:{start + 1}: a statement of {statements[_squash(statement)]} that students "
-                                f"must not see: {statement[:80]!r}")
-    return problems
-
-
 def release_makefile(text: str) -> str:
     """The Makefile without the instructor verbs (their rule and recipe lines)."""
     out, dropping = [], False
@@ -293,8 +139,7 @@ def release_makefile(text: str) -> str:
 
 def _unreleased(rel: Path, phases: list[int]) -> bool:
     """Does this path (relative to exercises/, grader/ or assets/) belong to a phase not released?
-    Phase folders (`phase3/`), phase graders (`phases/test_phase3.py`) and phase reports
-    (`reports/phase3-...`) belong to their phase."""
+    Phase folders (`phase3/`) and phase graders (`phases/test_phase3.py`) belong to their phase."""
     for part in rel.parts:
         found = re.match(r"^(?:test_)?phase(\d+)(?:$|[-_.])", part)
         if found:
@@ -307,22 +152,41 @@ def student_files(root: Path = ROOT, folders: tuple[str, ...] = STUDENT_FOLDERS)
     found = []
     for folder in folders:
         whole = folder.endswith("/**")
-        base = root / folder.removesuffix("/**")
-        if not base.is_dir():
-            continue
-        for path in sorted(base.rglob("*") if whole else base.iterdir()):
-            rel = path.relative_to(root)
-            if path.is_file() and path.suffix != ".pyc" and not any(part in SKIP_PARTS for part in rel.parts):
-                found.append(rel)
+        for base in _folders(root, folder.removesuffix("/**")):
+            for path in sorted(base.rglob("*") if whole else base.iterdir()):
+                rel = path.relative_to(root)
+                if path.is_file() and path.suffix != ".pyc" and not any(part in SKIP_PARTS for part in rel.parts):
+                    found.append(rel)
     return found
+
+
+def _folders(root: Path, pattern: str) -> list[Path]:
+    """The folders of `root` that a STUDENT_FOLDERS entry names (`grader`, `assets/phase*`)."""
+    return sorted(p for p in root.glob(pattern) if p.is_dir()) if any(c in pattern for c in "*?[") else \
+        [root / pattern] if (root / pattern).is_dir() else []
 
 
 def _copy_file(src: Path, target: Path, root: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
+    where = str(src.relative_to(root))
     if src.suffix == ".py":
-        target.write_text(strip_hidden_tests(src.read_text(), str(src.relative_to(root))))
+        target.write_text(strip_hidden_tests(src.read_text(), where))
+    elif src.suffix == ".md":  # a lesson may have parts for instructors too
+        target.write_text(strip_regions(src.read_text(), BEGIN_COURSE_ONLY, END_COURSE_ONLY, where))
     else:
         shutil.copy2(src, target)
+
+
+def cited_assets(copy: Path) -> set[str]:
+    """The paths under assets/ that the files of `copy` outside assets/ cite: links, images, paths in
+    prose and comments (`../../assets/phase0/roofline.png` cites `assets/phase0/roofline.png`).
+    `assets/phaseN/` names no folder: N stands for any phase, as in the README's layout."""
+    cited = set()
+    for path in copy.rglob("*"):
+        if path.is_file() and path.relative_to(copy).parts[0] != "assets" and path.suffix in TEXT_KINDS:
+            found = ASSET_CITATION.findall(path.read_text(errors="replace"))
+            cited.update(m.rstrip("/.") for m in found if "phaseN" not in m)
+    return cited
 
 
 def build(out: Path, archive: Path | None = None, root: Path = ROOT, phases: list[int] | None = None) -> list[str]:
@@ -345,9 +209,18 @@ def build(out: Path, archive: Path | None = None, root: Path = ROOT, phases: lis
             elif name.endswith(".md"):
                 text = strip_regions(text, BEGIN_COURSE_ONLY, END_COURSE_ONLY, name)
             (out / name).write_text(text)
+    held_back = []  # assets of other kinds: shipped only if cited
     for rel in student_files(root):
-        # `_unreleased` looks below the top folder: phase folders, graders and reports of other phases
-        if phases is None or not _unreleased(Path(*rel.parts[1:]), phases):
+        # `_unreleased` looks below the top folder: phase folders and graders of other phases
+        if phases is not None and _unreleased(Path(*rel.parts[1:]), phases):
+            continue
+        if rel.parts[0] == "assets" and rel.suffix not in LESSON_ASSET_KINDS:
+            held_back.append(rel)
+        else:
+            _copy_file(root / rel, out / rel, root)
+    cited = cited_assets(out)
+    for rel in held_back:
+        if rel.as_posix() in cited:
             _copy_file(root / rel, out / rel, root)
     problems = leaks(out, root, phases)
     if problems:
@@ -377,8 +250,8 @@ def main(argv=None) -> int:
         return 1
     which = "every phase" if phases is None else "phases " + ", ".join(map(str, phases))
     print(f"student copy of {which}: {args.out} ({len(files)} files) and {args.archive}")
-    print("  no solutions/, hidden tests stripped, checked: no line of a released phase's solution region "
-          "or of a hidden test in it")
+    print("  no solutions/, hidden tests stripped, checked: no line or statement of a released phase's "
+          "solution regions or of a hidden test in any of its files")
     print(f"  try it: cd {args.out} && make grade PHASE=0")
     return 0
 

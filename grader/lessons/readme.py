@@ -85,8 +85,13 @@ def _mutants() -> str:
                      + ".*\n")
         fixes = [m for m in data["mutants"] if m.get("killed_by")]
         if fixes and where == runs[0][0]:
-            parts.append("Mutants that needed (or owe their death to) a grader change:\n\n" + common.markdown_table(
-                ["mutant", "the bug", "killed by"], [[f"`{m['name']}`", m["bug"], m["killed_by"]] for m in fixes]))
+            # Each row names a bug and the test that catches it: where the grader looks, which a student
+            # copy (`make release`, which cuts COURSE-ONLY parts) does not show.
+            parts.append("<!-- BEGIN COURSE-ONLY -->\nMutants that needed (or owe their death to) a grader change "
+                         "(not in a student copy):\n\n"
+                         + common.markdown_table(["mutant", "the bug", "killed by"],
+                                                 [[f"`{m['name']}`", m["bug"], m["killed_by"]] for m in fixes])
+                         + "<!-- END COURSE-ONLY -->\n")
     return "\n".join(parts)
 
 

@@ -165,7 +165,7 @@ def _decode_split(Q, K, V, SEQLENS, TABLE, BAD_INPUT, O_PART, LSE_PART, sm_scale
 @triton.jit
 def _combine_splits(O_PART, LSE_PART, O, stride_ob, stride_oh, stride_on, H, N_Q, TOTAL_ROWS, NUM_SPLITS,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # (b * H + h) * N_Q + pos
+    row = tl.program_id(axis=0).to(tl.int64)  # (b * H + h) * N_Q + pos
     b, h, pos = row // (H * N_Q), (row // N_Q) % H, row % N_Q
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)

@@ -133,10 +133,10 @@ def ring_backward(do, q, k, v, o, lse, causal, ring):
 class RingAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, ring):
-        o, lse = ring_forward(q, k, v, causal, ring)
-        ctx.save_for_backward(q, k, v, o, lse)  # this rank's slices only: O(n * D)
+        o_lse = ring_forward(q, k, v, causal, ring)
+        ctx.save_for_backward(q, k, v, *o_lse)  # o and lse: this rank's slices only, O(n * D)
         ctx.causal, ctx.ring = causal, ring
-        return o
+        return o_lse[0]
 
     @staticmethod
     def backward(ctx, do):

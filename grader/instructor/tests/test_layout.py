@@ -1,10 +1,12 @@
 """The layout shows who each file is for, and the student copies rely on it.
 
 `make release` and `make nbgrader` copy folders (release.STUDENT_FOLDERS, GRADER_FOLDERS), not
-files picked out of a folder: so every folder of grader/ must belong to students or stay home
-(release.HOME_FOLDERS), and nothing students get may import what stays home or the solutions.
+files picked out of a folder: so every folder of grader/ and of assets/ must belong to students or
+stay home (release.HOME_FOLDERS, HOME_ASSETS), and nothing students get may import what stays home
+or the solutions.
 """
 import ast
+import fnmatch
 from pathlib import Path
 
 from grader.impl import ROOT
@@ -74,6 +76,18 @@ def test_every_grader_folder_is_for_students_or_stays_home():
     assert not unassigned, (f"{unassigned}: list each in release.GRADER_FOLDERS (students get it) or "
                             "release.HOME_FOLDERS (it stays home)")
     assert set(release.GRADER_FOLDERS) <= folders
+
+
+def test_every_asset_folder_ships_with_its_lesson_or_stays_home():
+    """assets/phaseN/ holds what the lessons show (release.LESSON_ASSETS); any other folder of assets/
+    must be listed in release.HOME_ASSETS (grading records), so a new one cannot ship unseen."""
+    folders = {p.relative_to(ROOT).as_posix() for p in (ROOT / "assets").iterdir() if p.is_dir()}
+    lessons = {f for f in folders if fnmatch.fnmatch(f, release.LESSON_ASSETS.removesuffix("/**"))}
+    assert lessons, "no lesson folder in assets/"
+    unassigned = sorted(folders - lessons - set(release.HOME_ASSETS))
+    assert not unassigned, f"{unassigned}: name them in release.HOME_ASSETS (they stay home) or as assets/phaseN/"
+    shipped = {rel.as_posix() for rel in release.student_files() if rel.parts[0] == "assets"}
+    assert shipped and not [f for f in shipped if f.startswith(tuple(h + "/" for h in release.HOME_ASSETS))]
 
 
 def test_student_folders_import_nothing_that_stays_home():

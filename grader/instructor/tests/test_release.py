@@ -1,4 +1,5 @@
 """`make release`: the student copy has no answers and its grader runs on the stubs."""
+import json
 import re
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import tarfile
 
 import pytest
 
-from grader.instructor import release
+from grader.instructor import answers, release
 from grader.impl import ROOT, phases
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -28,27 +29,32 @@ def _regions(text, begin, end):
 RELEASED = phases()
 
 
+def _squash(text):
+    return "".join(text.split())
+
+
 def _secret_lines(released):
-    """Written independently of grader/instructor/release.py: every non-trivial line of a solution region of a
-    released phase that does not also stand outside the regions of that phase or an earlier one, and
-    every non-trivial line of a hidden-test block that does not also appear outside such blocks."""
+    """Written independently of grader/instructor/answers.py: every non-trivial line of a solution region of
+    a released phase that does not also stand outside the regions of that phase or an earlier one, and
+    every non-trivial line of a hidden-test block that does not also appear outside such blocks; all
+    without whitespace, as the copy's lines are compared."""
     secret = set()
     for phase in released:
         shown = set()
         for path in (ROOT / "solutions").rglob("*.py"):
             top = path.relative_to(ROOT / "solutions").parts[0]
             if "__pycache__" not in path.parts and (not top.startswith("phase") or int(top[5:]) <= phase):
-                shown.update(_regions(path.read_text(), BEGIN, END)[1])
+                shown.update(_squash(s) for s in _regions(path.read_text(), BEGIN, END)[1])
         for path in (ROOT / "solutions" / f"phase{phase}").rglob("*.py"):
             inside = _regions(path.read_text(), BEGIN, END)[0]
-            secret.update(s for s in inside if len(s) >= 10 and re.search(r"\w", s) and s not in shown
-                          and not re.fullmatch(r"(if|elif|while)( not)? \w+:", s))
+            secret.update(_squash(s) for s in inside if len(s) >= 10 and re.search(r"\w", s)
+                          and _squash(s) not in shown and not re.fullmatch(r"(if|elif|while)( not)? \w+:", s))
     hidden, public = set(), set()
     for path in (ROOT / "grader").rglob("*.py"):
         if "__pycache__" not in path.parts:
             inside, outside = _regions(path.read_text(), HIDDEN_BEGIN, HIDDEN_END)
-            hidden.update(s for s in inside if len(s) >= 10 and re.search(r"\w", s))
-            public.update(outside)
+            hidden.update(_squash(s) for s in inside if len(s) >= 10 and re.search(r"\w", s))
+            public.update(_squash(s) for s in outside)
     return secret | (hidden - public)
 
 
@@ -95,15 +101,33 @@ def test_release_has_the_course_without_answers(student_copy):
         try:
             text = path.read_text()
         except UnicodeDecodeError:
+            assert path.suffix in answers.BINARY_SUFFIXES, path
             continue
         for n, line in enumerate(text.splitlines(), 1):
             s = line.strip()
-            if s in secrets or s in (BEGIN, END, HIDDEN_BEGIN, HIDDEN_END):
+            if _squash(s) in secrets or s in (BEGIN, END, HIDDEN_BEGIN, HIDDEN_END):
                 leaked.append(f"{path.relative_to(copy)}:{n}: {s[:70]}")
     assert not leaked, "\n".join(leaked[:20])
+    _check_assets(copy)
     with tarfile.open(archive) as tar:
         names = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
     assert names == {str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()}
+
+
+def _check_assets(copy):
+    """The copy takes from assets/ what its lessons show: no grading records (HOME_ASSETS), of the
+    phase folders only figures, tables and their data, or a file that a shipped file cites; and every
+    path under assets/ that a shipped file cites (a link, an image, a path in prose) is there."""
+    for home in release.HOME_ASSETS:
+        assert (ROOT / home).is_dir(), f"{home} is listed in HOME_ASSETS but is not in the course"
+        assert not (copy / home).exists(), home
+    cited = release.cited_assets(copy)
+    shipped = {p.relative_to(copy).as_posix() for p in (copy / "assets").rglob("*") if p.is_file()}
+    assert shipped, "the copy has no figures"
+    assert all(re.fullmatch(r"assets/phase\d+/.+", p) for p in shipped), shipped
+    assert all(p.endswith(release.LESSON_ASSET_KINDS) or p in cited for p in shipped), shipped
+    dangling = sorted(c for c in cited if not (copy / c).exists())
+    assert not dangling, f"shipped files cite assets the copy does not have: {dangling}"
 
 
 def test_release_makefile_grades_the_stubs_and_fails_cleanly(student_copy):
@@ -130,14 +154,6 @@ def test_strip_hidden_tests_like_nbgrader():
         release.strip_hidden_tests(f"{HIDDEN_BEGIN}\nx\n")
 
 
-def test_leak_check_catches_a_solution_line(tmp_path):
-    secrets = release.secret_lines()
-    line = min(secrets)
-    (tmp_path / "notes.md").write_text(f"some text\n    {line}\n")
-    problems = release.leaks(tmp_path)
-    assert problems and "notes.md:2" in problems[0]
-
-
 def test_release_phase_by_phase(tmp_path):
     """PHASES=0-1 holds the exercises, graders and figures of phases 0 and 1 only; a phase cannot go
     out without the earlier phases it imports."""
@@ -148,6 +164,7 @@ def test_release_phase_by_phase(tmp_path):
     assert sorted(p.name for p in (copy / "grader" / "phases").glob("test_phase*")) == ["test_phase0.py",
                                                                                        "test_phase1.py"]
     assert not any(p.name.startswith(("phase2", "phase3", "phase4")) for p in (copy / "assets").rglob("*"))
+    _check_assets(copy)
     proc = _release(tmp_path, "--phases", "2")
     assert proc.returncode != 0 and "import phase" in proc.stderr, proc.stderr
     assert release.parse_phases("0-2,4", [0, 1, 2, 3, 4]) == [0, 1, 2, 4]
@@ -171,13 +188,13 @@ def test_leak_check_per_release_catches_a_later_stub_repeating_an_answer(tmp_pat
         "solutions/phase2/b.py": f"{answer}\n{BEGIN}\ny = answer_of_phase_two()\n{END}\n",
     })
     root = tmp_path / "course"
-    assert set(release.secret_lines(root, [1])) == {answer}
-    assert set(release.secret_lines(root, [1, 2])) == {answer, "y = answer_of_phase_two()"}
+    assert {line for _, line in answers.answers(root, [1]).lines.values()} == {answer}
+    assert {line for _, line in answers.answers(root, [1, 2]).lines.values()} == {answer, "y = answer_of_phase_two()"}
     copy = tmp_path / "copy" / "exercises" / "phase2"
     copy.mkdir(parents=True)
     (copy / "b.py").write_text(f"{answer}\nraise NotImplementedError\n")
-    assert not release.leaks(tmp_path / "copy", root, [2])
-    assert any("b.py:1" in p for p in release.leaks(tmp_path / "copy", root, [1, 2]))
+    assert not answers.leaks(tmp_path / "copy", root, [2])
+    assert any("b.py:1" in p for p in answers.leaks(tmp_path / "copy", root, [1, 2]))
 
 
 def test_leak_check_catches_a_statement_quoted_on_one_line(tmp_path):
@@ -186,5 +203,57 @@ def test_leak_check_catches_a_statement_quoted_on_one_line(tmp_path):
     (tmp_path / "copy").mkdir()
     quote = "kT = tl.load(k_ptr + offs, mask=offs < N_K, other=0.0)"  # the two lines as one
     (tmp_path / "copy" / "lesson.md").write_text(f"```python\n{quote}\n```\n")
-    problems = release.leaks(tmp_path / "copy", tmp_path / "course", [1])
+    problems = answers.leaks(tmp_path / "copy", tmp_path / "course", [1])
     assert problems and "lesson.md:2" in problems[0], problems
+
+
+# An answer with quotes (escaped in JSON), a multi-line statement and a short line of one region.
+ANSWER = 'm = tl.load(x_ptr + offs, mask=offs < n, other=-float("inf"))'
+PLANTED = {  # file of a student copy -> its text, with ANSWER quoted the way that kind of file quotes code
+    "exercises/phase1/stub.py": f"def f():\n    # the answer is {ANSWER}, see?\n    raise NotImplementedError\n",
+    "exercises/phase1/README.md": f"A lesson.\n\n```python\n    {ANSWER}\n```\n",
+    "assets/phase1/data.json": json.dumps({"rows": [{"message": f"x.py:3: error\n    {ANSWER}\n    ^"}]}, indent=1),
+    "exercises/phase1/hints.toml": f"[load]\nshape = '''\nOne line:   {ANSWER}   (masked)\n'''\n",
+    "exercises/phase1/notes.txt": f"{' '.join(ANSWER.split())}\n",  # whitespace changed
+    "assets/phase1/figure.json": json.dumps({"source": "y = 1\n" + ANSWER.replace(" ", "  ") + "\n"}),
+    "exercises/phase1/run.log": f"2026-01-01 12:00 x.py:17: {ANSWER}  # a log line quoting the code\n",
+    "exercises/phase1/figure.png": f"not a PNG at all: {ANSWER}\n",  # a suffix does not make a file binary
+}
+SOLUTION = f"def f():\n    {BEGIN}\n    {ANSWER}\n    s = tl.sum(tl.exp(\n        m - 1), 0)\n    {END}\n"
+
+
+def _tiny_course(root, planted=None):
+    _course(root, {"solutions/phase1/a.py": SOLUTION, "exercises/phase1/a.py": "def f():\n    raise X\n",
+                   "assets/phase1/plot.json": "{}\n", **(planted or {})})
+
+
+@pytest.mark.parametrize("rel", sorted(PLANTED))
+def test_release_refuses_an_answer_planted_in_any_kind_of_file(tmp_path, rel):
+    """An answer line quoted in a .py, .md, .json (escaped inside a string), .toml, .txt or .log of the
+    copy, or in a text file named like a figure: the release refuses it and names the file."""
+    _tiny_course(tmp_path / "course", {rel: PLANTED[rel]})
+    with pytest.raises(release.ReleaseError, match=re.escape(rel)):
+        release.build(tmp_path / "copy", None, tmp_path / "course", [1])
+
+
+def test_release_of_the_tiny_course_passes_without_the_plant(tmp_path):
+    """The course the test above plants in releases cleanly, so each refusal is the planted line's."""
+    _tiny_course(tmp_path / "course")
+    files = release.build(tmp_path / "copy", None, tmp_path / "course", [1])
+    assert "exercises/phase1/a.py" in files and "assets/phase1/plot.json" in files
+
+
+def test_leak_check_tells_a_quote_from_a_longer_statement(tmp_path):
+    """A statement of an answer is found inside a longer line only whole: not as part of a longer
+    name or expression. A binary figure is skipped; a binary of another kind is reported."""
+    _tiny_course(tmp_path / "course")
+    found = answers.answers(tmp_path / "course", [1])
+    assert answers.search([f"x{ANSWER}", f"{ANSWER} + 1", f"{ANSWER}.to(tl.float32)"], found) == []
+    quotes = [f"({ANSWER})", f"`{ANSWER}`;", f"{ANSWER} (the load)", f"the load is {ANSWER} after all"]
+    assert [n for n, _ in answers.search(quotes, found)] == [1, 2, 3, 4]
+    assert [n for n, _ in answers.search(["s = tl.sum(tl.exp(m - 1), 0)"], found)] == [1]  # re-wrapped
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + ANSWER.encode())
+    (copy / "blob.bin").write_bytes(b"\0\1" + ANSWER.encode())
+    assert [p.split(":")[0] for p in answers.leaks(copy, tmp_path / "course", [1])] == ["blob.bin"]
