@@ -2,7 +2,7 @@
 
     python -m grader.instructor.grading_times [--phases 0-5] [--impl solutions]
 
-Writes assets/reports/grading-times-<gpu|cpu>.json; `make figures` turns the files into the README's
+Writes assets/reports/grading-times-<gpu, e.g. h100|cpu>.json; `make figures` turns the files into the README's
 grading-times table. "Cold" is the first grading on a fresh machine: a new, empty TRITON_CACHE_DIR,
 so every kernel is compiled (on a GPU, by the warm-up processes beside the graded run); "warm" is
 the same grading again (what a student sees after the first `make grade`). Each is one wall-clock
@@ -54,7 +54,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from grader import runtime
 
-    where = "gpu" if runtime.has_cuda() else "cpu"
+    if runtime.has_cuda():
+        from grader.lessons import common
+
+        where = common.device_tag()  # each GPU's times in a file of its own
+    else:
+        where = "cpu"
     path = ROOT / "assets" / "reports" / f"grading-times-{where}.json"
     data = json.loads(path.read_text()) if path.exists() else {"phases": {}}
     for phase in _parse_phases(args.phases):

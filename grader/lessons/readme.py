@@ -8,10 +8,13 @@ from grader.lessons import common
 README = ROOT / "README.md"
 
 
+GPU_TAGS = ("h100", "h200")  # GPU reports carry the device in their names: each GPU's results side by side
+
+
 def _grades() -> str:
     rows = []
-    for path in sorted((common.ASSETS / "reports").glob("phase*-solutions-gpu.json"),
-                       key=lambda p: int(p.name.split("-")[0].removeprefix("phase"))):
+    reports = [path for tag in GPU_TAGS for path in (common.ASSETS / "reports").glob(f"phase*-solutions-{tag}.json")]
+    for path in sorted(reports, key=lambda p: (int(p.name.split("-")[0].removeprefix("phase")), p.name)):
         sol = json.loads(path.read_text())
         stub_path = path.with_name(path.name.replace("solutions", "exercises"))
         stub = json.loads(stub_path.read_text()) if stub_path.exists() else None
@@ -97,7 +100,7 @@ def _mutants() -> str:
 
 def _grading_times() -> str:
     """`make grade PHASE=N` wall times, cold and warm, per machine (python -m grader.instructor.grading_times)."""
-    runs = {where: common.load(f"reports/grading-times-{where}.json") for where in ("gpu", "cpu")}
+    runs = {where: common.load(f"reports/grading-times-{where}.json") for where in (*GPU_TAGS, "cpu")}
     runs = {where: data for where, data in runs.items() if data}
     if not runs:
         return "(not measured yet: `python -m grader.instructor.grading_times` on each machine)\n"
@@ -106,7 +109,7 @@ def _grading_times() -> str:
     for where, data in runs.items():
         first = next(iter(data["phases"].values()))
         env = first["cold"]["environment"]
-        label = "GPU" if where == "gpu" else "CPU"
+        label = where.upper()
         header += [f"{label}: empty cache", f"{label}: warm cache"]
         notes.append(f"{label}: {env['device']}, {first['cores']} cores, torch {env['torch']}, Triton {env['triton']}, "
                      f"{first['date']}, tiers {', '.join(first['cold']['tiers'])}")

@@ -3,22 +3,23 @@ backward (B=1, H=8, D=64, bf16) at N = 4096 and 16384, twice each, with grader.t
 
 Linear memory (o, lse and the gradients, no N x N matrix) measured 16.4 MiB at 4096 and 65.5 at 16384.
 The grader once read 4 MiB at 4096 inside a full side-by-side grading, before peak_extra_bytes
-collected garbage first (assets/reports/phase4-solutions-memory-gc-miss-gpu.json); alone, it reads
-right (assets/reports/phase4-memory-alone-gpu.txt, whose table this prints).
+collected garbage first (assets/reports/phase4-solutions-memory-gc-miss-h100.json); alone, it reads
+right (assets/reports/phase4-memory-alone-h100.txt, whose table this prints).
 
-    python -m grader.lessons.experiments.phase4_memory   ->  assets/reports/phase4-memory-alone-gpu.txt
+    python -m grader.lessons.experiments.phase4_memory   ->  assets/reports/phase4-memory-alone-<gpu>.txt
 """
 from grader.lessons.experiments import output_path, require_cuda
 
 
 def main(argv=None) -> None:
-    path = output_path(__doc__, "reports/phase4-memory-alone-gpu.txt", argv)
     require_cuda()
+    from grader.lessons import common
+
+    path = output_path(__doc__, f"reports/phase4-memory-alone-{common.device_tag()}.txt", argv)
     import torch
 
     from grader import timing
     from grader.inputs import qkv, randn
-    from grader.lessons import common
     from solutions import phase4 as api
 
     meta = common.device_record()
