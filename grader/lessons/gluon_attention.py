@@ -62,11 +62,34 @@ def _release(bar):
 
 
 @gluon.jit
+def _softmax_update(s, m_i, l_i, j, masked, offs_m, offs_n, N_K, qk_scale,
+                    BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """Phase 3's online-softmax step on the raw scores S_j, in log2 units: (p, alpha, l_i, m_i).
+    `masked` is a constexpr (two loops) or a runtime flag (one pipelined loop)."""
+    if masked:
+        cols = j * BLOCK_N + offs_n
+        # Rows past N_K are the next head's (the 2-D view) or zeros: never visible.
+        visible = cols[None, :] < N_K
+        if CAUSAL:
+            visible = visible & (cols[None, :] <= offs_m[:, None])
+        s = gl.where(visible, s * qk_scale, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        s = s - m_new[:, None]
+    else:
+        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+        s = s * qk_scale - m_new[:, None]
+    p = gl.exp2(s)
+    alpha = gl.exp2(m_i - m_new)
+    return p, alpha, l_i * alpha + gl.sum(p, 1), m_new
+
+
+@gluon.jit
 def _attend_blocks(acc, l_i, m_i, q_smem, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
                    lo, hi, offs_m, N_K, qk_scale,
-                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASKED: gl.constexpr, CAUSAL: gl.constexpr,
-                   s_layout: gl.constexpr, o_layout: gl.constexpr):
-    """Phase 3's online softmax over key blocks lo .. hi (block indices), in log2 units."""
+                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, MASKED: gl.constexpr,
+                   CAUSAL: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr):
+    """Key blocks lo .. hi one after another: S_j, its softmax, then P_j V_j, each GEMM waited on at once
+    (the tensor cores idle while the softmax runs: Phase 5's schedule, written by hand)."""
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
@@ -81,24 +104,9 @@ def _attend_blocks(acc, l_i, m_i, q_smem, k_smem, v_smem, k_ready, k_empty, v_re
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s, q_smem, k_buf))[0]
         _release(k_empty.index(slot))
 
-        if MASKED:
-            cols = j * BLOCK_N + offs_n
-            # Rows past N_K are the next head's (the 2-D view) or zeros: never visible.
-            visible = cols[None, :] < N_K
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= offs_m[:, None])
-            s = gl.where(visible, s * qk_scale, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, 1))
-            s = s - m_new[:, None]
-        else:
-            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-            s = s * qk_scale - m_new[:, None]
-        p = gl.exp2(s)
-        alpha = gl.exp2(m_i - m_new)
-        l_i = l_i * alpha + gl.sum(p, 1)
+        p, alpha, l_i, m_i = _softmax_update(s, m_i, l_i, j, MASKED, offs_m, offs_n, N_K, qk_scale, BLOCK_N, CAUSAL)
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
         p_op = gl.convert_layout(p.to(k_smem.dtype), p_layout)
-        m_i = m_new
 
         mbarrier.wait(v_ready.index(slot), parity)
         acc = warpgroup_mma(p_op, v_buf, acc, is_async=True)
@@ -108,10 +116,57 @@ def _attend_blocks(acc, l_i, m_i, q_smem, k_smem, v_smem, k_ready, k_empty, v_re
 
 
 @gluon.jit
+def _attend_pipelined(acc, l_i, m_i, q_smem, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                      n_full, n_blocks, offs_m, N_K, qk_scale,
+                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                      s_layout: gl.constexpr, o_layout: gl.constexpr):
+    """FlashAttention-3's intra-warpgroup overlap: S_j = Q K_j^T and O += P_{j-1} V_{j-1} are issued
+    together; the softmax of S_j runs while the tensor cores finish P_{j-1} V_{j-1}."""
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+
+    mbarrier.wait(k_ready.index(0), 0)
+    s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(num_outstanding=0, deps=(s, q_smem, k_smem.index(0)))[0]
+    _release(k_empty.index(0))
+    p, alpha, l_i, m_i = _softmax_update(s, m_i, l_i, 0, n_full <= 0, offs_m, offs_n, N_K, qk_scale,
+                                         BLOCK_N, CAUSAL)
+    p_op = gl.convert_layout(p.to(k_smem.dtype), p_layout)
+    for j in range(1, n_blocks):
+        slot = j % STAGES
+        prev = (j - 1) % STAGES
+        k_buf = k_smem.index(slot)
+        v_prev = v_smem.index(prev)
+
+        mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
+        s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
+        acc = warpgroup_mma(p_op, v_prev, acc, is_async=True)
+        # wgmma groups complete in order: one left outstanding means S_j is done, P_{j-1} V_{j-1} may not be.
+        s = warpgroup_mma_wait(num_outstanding=1, deps=(s, k_buf))[0]
+        _release(k_empty.index(slot))
+        p, alpha, l_i, m_i = _softmax_update(s, m_i, l_i, j, j >= n_full, offs_m, offs_n, N_K, qk_scale,
+                                             BLOCK_N, CAUSAL)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, v_prev))[0]
+        _release(v_empty.index(prev))
+        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+        p_op = gl.convert_layout(p.to(k_smem.dtype), p_layout)
+
+    last = (n_blocks - 1) % STAGES
+    mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
+    acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, v_smem.index(last)))[0]
+    _release(v_empty.index(last))
+    return acc, l_i, m_i
+
+
+@gluon.jit
 def _consumer(q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, LSE,
               qk_scale, start_m, off_bh, N_Q, N_K, n_full, n_blocks,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-              CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+              CAUSAL: gl.constexpr, PIPELINE: gl.constexpr, num_warps: gl.constexpr):
     # One wgmma accumulator layout per GEMM: warps stacked along M (16 rows each), so a row's
     # reductions stay inside one warp; the instruction's N is the whole tile width.
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -125,12 +180,17 @@ def _consumer(q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, 
     acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
 
     mbarrier.wait(q_bar, 0)
-    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q_smem, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
-                                   0, n_full, offs_m, N_K, qk_scale, BLOCK_M, BLOCK_N, STAGES, False, CAUSAL,
-                                   s_layout, o_layout)
-    acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q_smem, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
-                                   n_full, n_blocks, offs_m, N_K, qk_scale, BLOCK_M, BLOCK_N, STAGES, True, CAUSAL,
-                                   s_layout, o_layout)
+    if PIPELINE:
+        acc, l_i, m_i = _attend_pipelined(acc, l_i, m_i, q_smem, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                                          n_full, n_blocks, offs_m, N_K, qk_scale, BLOCK_M, BLOCK_N, STAGES, CAUSAL,
+                                          s_layout, o_layout)
+    else:  # Phase 5's two loops: unmasked blocks, then the masked ones (the diagonal, the ragged end)
+        acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q_smem, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                                       0, n_full, offs_m, N_K, qk_scale, BLOCK_M, BLOCK_N, STAGES, False, CAUSAL,
+                                       s_layout, o_layout)
+        acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q_smem, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                                       n_full, n_blocks, offs_m, N_K, qk_scale, BLOCK_M, BLOCK_N, STAGES, True,
+                                       CAUSAL, s_layout, o_layout)
 
     lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
     gl.store(LSE + off_bh.to(gl.int64) * N_Q + offs_m, lse, mask=offs_m < N_Q)
@@ -144,7 +204,8 @@ def _consumer(q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, 
 @gluon.jit
 def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, qk_scale, N_Q, N_K,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                       STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+                       STAGES: gl.constexpr, CAUSAL: gl.constexpr, PIPELINE: gl.constexpr,
+                       num_warps: gl.constexpr):
     n_m_blocks = gl.cdiv(N_Q, BLOCK_M)
     pid = gl.program_id(0)
     start_m = n_m_blocks - 1 - pid % n_m_blocks  # Phase 3's order: heads together, longest blocks first
@@ -177,7 +238,7 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, qk_scale, N_Q, N_K,
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, LSE,
                      qk_scale, start_m, off_bh, N_Q, N_K, n_full, n_blocks,
-                     BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, num_warps)),
+                     BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PIPELINE, num_warps)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
                      off_bh * N_Q + start_m * BLOCK_M, off_bh * N_K, n_blocks, BLOCK_N, STAGES)),
     ], [1], [24])
@@ -198,6 +259,7 @@ class Config:
     stages: int = 2
     num_warps: int = 8  # the consumer: num_warps // 4 warpgroups of 64 rows each
     maxnreg: int = 168  # (8 + 4) warps x 32 threads x 168 <= 64K registers; setmaxnreg shifts them to the consumer
+    pipeline: bool = False  # FlashAttention-3's intra-warpgroup overlap (_attend_pipelined)
 
 
 CONFIGS = {64: Config(stages=3), 128: Config(stages=2)}
@@ -250,7 +312,8 @@ def launch_args(q, k, v, causal=False, sm_scale=None, cfg: Config | None = None)
     lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
     q_desc, k_desc, v_desc, o_desc = descriptors(q, k, v, o, cfg)
     args = (q_desc, k_desc, v_desc, o_desc, lse, sm_scale * LOG2E, Nq, k.shape[2])
-    constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=D, STAGES=cfg.stages, CAUSAL=bool(causal))
+    constexprs = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=D, STAGES=cfg.stages, CAUSAL=bool(causal),
+                      PIPELINE=cfg.pipeline)
     options = dict(num_warps=cfg.num_warps, maxnreg=cfg.maxnreg)
     grid = (triton.cdiv(Nq, cfg.block_m) * B * H,)
     return grid, args, constexprs, options, (o, lse)
