@@ -32,7 +32,11 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+# Names that moved between Triton 3.6 (the GPU machine's) and 3.9, same arguments and lowering:
+# the partition-wide barrier, and the TMA copies (async_copy_* in 3.6, async_load / async_store in 3.9).
+_partition_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 
 
 @gluon.jit
@@ -40,24 +44,24 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_
               q_row, kv_row, n_blocks, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     """One warp: Q once, then K_j and V_j into slot j % STAGES once the consumer has released it."""
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+    _tma_load(q_desc, [q_row, 0], q_bar, q_smem)
     for j in range(n_blocks):
         slot = j % STAGES
         parity = (j // STAGES) & 1
         # K first: the consumer needs K_j for S_j while V_j can still be on its way.
         mbarrier.wait(k_empty.index(slot), parity ^ 1)
         mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [kv_row + j * BLOCK_N, 0], k_ready.index(slot), k_smem.index(slot))
+        _tma_load(k_desc, [kv_row + j * BLOCK_N, 0], k_ready.index(slot), k_smem.index(slot))
         mbarrier.wait(v_empty.index(slot), parity ^ 1)
         mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [kv_row + j * BLOCK_N, 0], v_ready.index(slot), v_smem.index(slot))
+        _tma_load(v_desc, [kv_row + j * BLOCK_N, 0], v_ready.index(slot), v_smem.index(slot))
 
 
 @gluon.jit
 def _release(bar):
     """Every warp of the consumer is past its wgmma wait before one thread hands the buffer back:
     wgmma completion is tracked per warpgroup, and the arrive is issued once for the partition."""
-    gl.thread_barrier()
+    _partition_barrier()
     mbarrier.arrive(bar, count=1)
 
 
@@ -197,7 +201,7 @@ def _consumer(q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, 
     o = acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
     o_smem.reshape([BLOCK_M, HEAD_DIM]).store(o.to(o_smem.dtype))
     fence_async_shared()  # the generic-proxy stores above before the copy engine reads them
-    tma.async_copy_shared_to_global(o_desc, [off_bh, start_m * BLOCK_M, 0], o_smem)
+    _tma_store(o_desc, [off_bh, start_m * BLOCK_M, 0], o_smem)
     tma.store_wait(pendings=0)
 
 
@@ -288,9 +292,10 @@ def descriptors(q, k, v, o, cfg: Config):
     return rows(q, cfg.block_m), rows(k, cfg.block_n), rows(v, cfg.block_n), o_desc
 
 
-def check_inputs(q, k, v, causal, sm_scale):
+def check_inputs(q, k, v, sm_scale):
     if q.dtype not in GL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"phase 8 forward: float16 or bfloat16 q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise TypeError(f"phase 8 forward: float16 or bfloat16 q, k, v of one dtype, got {q.dtype}, {k.dtype}, "
+                        f"{v.dtype}")
     if q.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(f"phase 8 forward: (B, H, N, D) q, k, v, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
@@ -305,7 +310,7 @@ def check_inputs(q, k, v, causal, sm_scale):
 def launch_args(q, k, v, causal=False, sm_scale=None, cfg: Config | None = None):
     """(grid, args, constexprs and launch options) of one call: shared by the GPU path and the
     ahead-of-time compile, so that both see the same signature."""
-    sm_scale = check_inputs(q, k, v, causal, sm_scale)
+    sm_scale = check_inputs(q, k, v, sm_scale)
     B, H, Nq, D = q.shape
     cfg = cfg or CONFIGS[D]
     o = torch.empty((B, H, Nq, D), dtype=q.dtype, device=q.device)
