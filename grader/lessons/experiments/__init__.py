@@ -8,6 +8,7 @@ the data it wrote under assets/. Each runs by hand on a CUDA GPU, from the repos
     python -m grader.lessons.experiments.phase6_varlen       varlen against dense, by cu_seqlens check
     python -m grader.lessons.experiments.phase7_variants     decode configs, GQA backward orders
     python -m grader.lessons.experiments.phase7_decode_graph flash_decode replayed from a CUDA graph, by config
+    python -m grader.lessons.experiments.phase8_gluon        the Gluon forward against cuDNN, flash, Phase 5
 
 `--out DIR` writes the data there instead of assets/ (a scratch run); the table comes last on stdout.
 """
