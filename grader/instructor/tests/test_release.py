@@ -257,3 +257,13 @@ def test_leak_check_tells_a_quote_from_a_longer_statement(tmp_path):
     (copy / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + ANSWER.encode())
     (copy / "blob.bin").write_bytes(b"\0\1" + ANSWER.encode())
     assert [p.split(":")[0] for p in answers.leaks(copy, tmp_path / "course", [1])] == ["blob.bin"]
+
+
+def test_release_of_every_phase_leaves_a_phase_without_a_grader_home(tmp_path):
+    """By default every phase goes out, meaning every phase with a grader: a phase still being written (a
+    draft lesson in exercises/phase2/, no grader/phases/test_phase2.py yet) stays home."""
+    _tiny_course(tmp_path / "course", {"grader/phases/test_phase1.py": "PHASE = 1\n",
+                                       "exercises/phase2/README.md": "# Phase 2, a draft\n"})
+    files = release.build(tmp_path / "copy", None, tmp_path / "course")
+    assert "exercises/phase1/a.py" in files and "grader/phases/test_phase1.py" in files
+    assert not any(f.startswith("exercises/phase2/") for f in files), files
