@@ -10,40 +10,13 @@ import pytest
 import torch
 
 from grader import aot, bench, cost, impl, numerics, runtime, timing
-from grader.honesty import graded_call, tensors_in, timed
-from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, randn
+from grader.checks import (check_autograd, check_backward, check_backward_negative_logits, check_grads, o_lse,
+                           reference_grads, refuses_bad_backward_input, sdpa_grads, upstream)
+from grader.honesty import tensors_in, timed
+from grader.inputs import FLOAT, qkv, randn
 
 PHASE = 4
 gpu = pytest.mark.tier("gpu")
-
-
-# ---------------------------------------------------------------- references
-# The float64 truth and PyTorch's gradients in the same low precision, shared by every grader
-# (grader/numerics.py); named here as the later phases' graders call them (phase4.sdpa_grads).
-reference_grads = numerics.reference_gradients
-sdpa_grads = numerics.sdpa_gradients
-
-
-def check_grads(names, got, ref, baseline, dtype):
-    # The shared rule (numerics.assert_close): 2x PyTorch's own error in the same precision plus a
-    # dtype floor, flash-attn's multiplier. It holds for dq too: our kernels round P and dS to the
-    # input dtype before each tl.dot, exactly as SDPA's flash and efficient backends do.
-    for name, g, r, b in zip(names, got, ref, baseline):
-        numerics.assert_close(name, g, r, b, dtype=dtype)
-        if g.dtype != dtype:
-            raise AssertionError(f"{name} has dtype {g.dtype}, expected the inputs' dtype {dtype}")
-
-
-def _layout(x, layout):
-    """The same values, stored (B, N, H, D) and viewed (B, H, N, D) when layout is bnhd."""
-    return x.transpose(1, 2).contiguous().transpose(1, 2) if layout == "bnhd" else x.contiguous()
-
-
-def _upstream(o_shape, dtype, device, gen, layout):
-    B, H, N, D = o_shape
-    if layout == "broadcast":  # what o.sum().backward() sends: one value, every stride 0
-        return randn((1, 1, 1, 1), dtype, device, gen).expand(B, H, N, D)
-    return _layout(randn(o_shape, dtype, device, gen), layout)
 
 
 # ---------------------------------------------------------------- flash_attention_backward
@@ -67,20 +40,11 @@ BACKWARD_CASES = [
 ]
 
 
-def check_backward(api, q, k, v, do, causal=False, sm_scale=None, layout="bhnd"):
-    o64, lse64, *ref = reference_grads(q, k, v, do, causal, sm_scale)
-    o, lse = _layout(o64.to(q.dtype), layout), lse64.to(torch.float32)  # phase 3's outputs, exact
-    got = graded_call(api.flash_attention_backward, do, q, k, v, o, lse, causal=causal, sm_scale=sm_scale)
-    if not isinstance(got, tuple) or len(got) != 3:
-        raise AssertionError("flash_attention_backward must return a tuple (dq, dk, dv)")
-    check_grads(("dq", "dk", "dv"), got, ref, sdpa_grads(q, k, v, do, causal, sm_scale)[1:], q.dtype)
-
-
 @pytest.mark.points(1)
 @pytest.mark.parametrize("B, H, Nq, Nk, D, causal, dtype, sm_scale, layout, do_layout", BACKWARD_CASES)
 def test_backward(api, gen, device, B, H, Nq, Nk, D, causal, dtype, sm_scale, layout, do_layout):
     q, k, v = qkv(B, H, Nq, Nk, D, FLOAT[dtype], device, gen, layout)
-    do = _upstream((B, H, Nq, D), FLOAT[dtype], device, gen, do_layout)
+    do = upstream((B, H, Nq, D), FLOAT[dtype], device, gen, do_layout)
     check_backward(api, q, k, v, do, causal, sm_scale, layout)
 
 
@@ -100,17 +64,14 @@ def test_backward_seeded_shapes(api, gen, device):
 
 
 @pytest.mark.points(1)
+def test_backward_strongly_negative_logits(api, gen, device):
+    """lse < -88 and a partial last key block: the padded keys of the dQ kernel must be masked."""
+    check_backward_negative_logits(api, gen, device)
+
+
+@pytest.mark.points(1)
 def test_backward_refuses_bad_input(api, gen, device):
-    q, k, v = qkv(1, 2, 20, 20, 16, torch.float32, device, gen)
-    do = randn(q.shape, torch.float32, device, gen)
-    o, lse = (t.float() for t in numerics.reference_attention(q, k, v))
-    f = api.flash_attention_backward
-    assert_accepts(lambda: f(do, q, k, v, o, lse), "float32 do, q, k, v, o of shape (1, 2, 20, 16) and their lse")
-    assert_refuses(lambda: f(do[:, :, :5], q, k, v, o, lse), ValueError, "do", "do of another shape than q")
-    assert_refuses(lambda: f(do, q, k, v, o[0], lse), ValueError, "o", "o of rank 3")
-    assert_refuses(lambda: f(do, q, k, v, o, lse[..., :7]), ValueError, "lse", "lse of another length than q")
-    assert_refuses(lambda: f(do.half(), q, k, v, o, lse), TypeError, "do", "do in float16 with q in float32")
-    assert_refuses(lambda: f(do, q, k, v, o, lse.int()), TypeError, "lse", "an integer lse")
+    refuses_bad_backward_input(api.flash_attention_backward, gen, device)
 
 
 # ---------------------------------------------------------------- flash_attention (autograd)
@@ -123,22 +84,12 @@ AUTOGRAD_CASES = [
 ]
 
 
-def _forward_backward(api, causal, sm_scale=None):
-    def run(q, k, v, do):
-        qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
-        o = api.flash_attention(qg, kg, vg, causal=causal, sm_scale=sm_scale)
-        return (o.detach(), *torch.autograd.grad(o, (qg, kg, vg), do))
-    return run
-
-
 @pytest.mark.points(2)
 @pytest.mark.parametrize("B, H, Nq, Nk, D, causal, dtype, layout", AUTOGRAD_CASES)
 def test_flash_attention_autograd(api, gen, device, B, H, Nq, Nk, D, causal, dtype, layout):
     q, k, v = qkv(B, H, Nq, Nk, D, FLOAT[dtype], device, gen, layout)
-    do = _upstream((B, H, Nq, D), FLOAT[dtype], device, gen, layout)
-    got = graded_call(_forward_backward(api, causal), q, k, v, do, what="flash_attention forward + backward")
-    o64, _, *ref = reference_grads(q, k, v, do, causal, None)
-    check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), sdpa_grads(q, k, v, do, causal, None), q.dtype)
+    do = upstream((B, H, Nq, D), FLOAT[dtype], device, gen, layout)
+    check_autograd(api, q, k, v, do, causal)
 
 
 @pytest.mark.points(1)
@@ -149,9 +100,7 @@ def test_flash_attention_autograd_with_scale(api, gen, device, causal):
     sm_scale = 0.3
     q, k, v = qkv(1, 2, 24, 40, 32, torch.float32, device, gen)
     do = randn(q.shape, torch.float32, device, gen)
-    got = graded_call(_forward_backward(api, causal, sm_scale), q, k, v, do, what="flash_attention forward + backward")
-    o64, _, *ref = reference_grads(q, k, v, do, causal, sm_scale)
-    check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), sdpa_grads(q, k, v, do, causal, sm_scale), q.dtype)
+    check_autograd(api, q, k, v, do, causal, sm_scale)
 
 
 @pytest.mark.points(2)
@@ -315,12 +264,6 @@ def test_memory_grows_linearly(api, gen):
                              f"x4; one bf16 P at N=16384 is {p_bytes / 2**20:.0f} MiB")
 
 
-def _o_lse(q, k, v, causal):
-    """o (SDPA, the inputs' dtype) and lse (float32), one batch entry at a time: no float64 N x N."""
-    o = numerics.sdpa(q, k, v, causal)
-    return o, torch.stack([numerics.scores_logsumexp(q[b].float(), k[b].float(), causal) for b in range(q.shape[0])])
-
-
 @pytest.mark.points(2)
 @pytest.mark.tier("throughput")
 @pytest.mark.parametrize("D", [64, 128])
@@ -329,7 +272,7 @@ def test_backward_throughput(api, gen, record_property, D, causal):
     B, H, N, _ = bench.standard_shape(4096, D)
     q, k, v = qkv(B, H, N, N, D, torch.bfloat16, "cuda", gen)
     do = randn((B, H, N, D), torch.bfloat16, "cuda", gen)
-    o, lse = _o_lse(q, k, v, causal)
+    o, lse = o_lse(q, k, v, causal)
     small = (t[:1, :2, :512] for t in (q, k, v, do))  # correct first, on a slice
     check_backward(api, *small, causal=causal)
     row = bench.measure(timed(lambda: api.flash_attention_backward(do, q, k, v, o, lse, causal=causal), do, q, k, v),

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from grader import aot, bench, impl, numerics, timing
+from grader.checks import check_grads, sdpa_grads
 from grader.honesty import graded_call, tensors_in, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, randn
-from grader.phases import test_phase4 as phase4
 
 PHASE = 6
 gpu = pytest.mark.tier("gpu")
@@ -56,7 +56,7 @@ def reference_and_baseline(q, k, v, do, causal, sm_scale, keep, p):
         return (o.detach(), *torch.autograd.grad(o, x, do.to(dtype)))
     if keep is None:
         ref = run(lambda a, b, c: numerics.reference_attention(a, b, c, causal, sm_scale)[0], torch.float64)
-        return ref, phase4.sdpa_grads(q, k, v, do, causal, sm_scale)
+        return ref, sdpa_grads(q, k, v, do, causal, sm_scale)
     truth = lambda a, b, c: numerics.reference_attention(a, b, c, causal, sm_scale, dropout_mask=keep, dropout_p=p)[0]
     # The baseline: PyTorch's own arithmetic in the inputs' precision with the same mask (SDPA takes
     # no mask of kept probabilities, so plain operations stand in for it).
@@ -89,7 +89,7 @@ def check_dense(api, q, k, v, do, causal, sm_scale, p, seed):
     B, H, Nq, _ = q.shape
     keep = mask_of(api, seed, p, B * H, Nq, k.shape[2], q.device).view(B, H, Nq, -1) if p else None
     ref, baseline = reference_and_baseline(q, k, v, do, causal, sm_scale, keep, p)
-    phase4.check_grads(("o", "dq", "dk", "dv"), got, ref, baseline, q.dtype)
+    check_grads(("o", "dq", "dk", "dv"), got, ref, baseline, q.dtype)
 
 
 # ---------------------------------------------------------------- dropout_p = 0 is Phase 4
