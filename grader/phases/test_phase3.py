@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from grader import aot, bench, impl, numerics, timing
-from grader.checks import (blame_nan_on_reads, check_forward, lse_baseline, poisoned_tail, refuses_bad_forward_input,
-                           standard_inputs)
+from grader.checks import (FORWARD_CASES, check_causal_never_reads_invisible_keys, check_forward,
+                           check_reads_nothing_past_nk, lse_baseline, refuses_bad_forward_input, standard_inputs)
 from grader.honesty import graded_call, timed
 from grader.inputs import FLOAT, qkv, qkv_past_int32
 
@@ -19,32 +19,6 @@ gpu = pytest.mark.tier("gpu")
 
 
 # ---------------------------------------------------------------- output and lse
-FORWARD_CASES = [
-    # B, H, Nq, Nk, D, causal, dtype, sm_scale, layout
-    pytest.param(1, 1, 1, 1, 16, False, "fp32", None, "bhnd", id="fp32-N1"),
-    pytest.param(1, 2, 1, 1, 32, True, "fp16", None, "bhnd", id="fp16-causal-N1"),
-    pytest.param(2, 3, 17, 33, 16, False, "fp32", None, "bhnd", id="fp32-Nq17-Nk33"),
-    pytest.param(1, 2, 45, 20, 32, True, "fp32", None, "bhnd", id="fp32-causal-Nq45-Nk20"),
-    pytest.param(1, 2, 20, 45, 64, True, "fp32", None, "bhnd", id="fp32-causal-Nq20-Nk45"),
-    pytest.param(2, 2, 64, 64, 64, True, "fp16", None, "bhnd", id="fp16-causal-N64"),
-    pytest.param(1, 2, 50, 50, 128, False, "fp16", None, "bhnd", id="fp16-D128-N50"),
-    pytest.param(1, 1, 1, 70, 16, True, "fp16", None, "bhnd", id="fp16-causal-Nq1-Nk70"),
-    pytest.param(2, 2, 40, 40, 32, True, "fp16", 0.3, "bnhd", id="fp16-causal-scale0.3-noncontiguous"),
-    pytest.param(1, 3, 23, 71, 16, False, "fp32", 1.7, "bnhd", id="fp32-scale1.7-noncontiguous"),
-    # q, k and v each with strides of their own: the launch must pass each tensor's own
-    pytest.param(2, 2, 40, 70, 32, True, "fp16", None, "mixed", id="fp16-causal-Nq40-Nk70-mixed-layouts"),
-    # scores in the hundreds: exp overflows float32 past 88, so the running max must be subtracted
-    pytest.param(1, 2, 40, 70, 32, True, "fp32", 30.0, "bhnd", id="fp32-causal-large-logits-scale30"),
-    pytest.param(2, 4, 1024, 1024, 128, True, "bf16", None, "bnhd", id="bf16-causal-N1024-D128", marks=gpu),
-    pytest.param(1, 2, 4096, 4096, 64, True, "bf16", None, "bhnd", id="bf16-causal-N4096-D64", marks=gpu),
-    pytest.param(1, 2, 8192, 8192, 128, False, "bf16", None, "bnhd", id="bf16-N8192-D128", marks=gpu),
-    pytest.param(1, 4, 1000, 3001, 64, False, "bf16", None, "bhnd", id="bf16-Nq1000-Nk3001", marks=gpu),
-    pytest.param(1, 4, 3001, 1000, 64, True, "bf16", None, "bnhd", id="bf16-causal-Nq3001-Nk1000", marks=gpu),
-    pytest.param(1, 4, 999, 2500, 128, True, "fp16", 0.05, "bhnd", id="fp16-causal-Nq999-Nk2500", marks=gpu),
-    pytest.param(2, 8, 777, 777, 16, True, "bf16", None, "bnhd", id="bf16-causal-D16-N777", marks=gpu),
-    pytest.param(2, 8, 2048, 2048, 32, False, "fp16", None, "bhnd", id="fp16-D32-N2048", marks=gpu),
-    pytest.param(1, 2, 600, 513, 64, True, "fp32", None, "bnhd", id="fp32-causal-Nq600-Nk513", marks=gpu),
-]
 
 
 @pytest.mark.points(1)
@@ -69,34 +43,14 @@ def test_forward_seeded_shapes(api, gen, device):
 ### END HIDDEN TESTS
 
 
-# ---------------------------------------------------------------- what the kernel must not read
 @pytest.mark.points(2)
 def test_causal_never_reads_invisible_keys(api, gen, device):
-    """Under the causal mask no query sees keys j >= Nq; those rows of k and v hold NaN here.
-
-    A kernel that visits their blocks and masks the scores still multiplies NaN values of v by a
-    zero probability, and NaN * 0 = NaN: only skipping the blocks keeps o finite.
-    """
-    Nq, Nk = 128, 384  # Nq is a multiple of every BLOCK_M in use: the last query block ends at 128
-    q, k, v = qkv(1, 2, Nq, Nk, 32, torch.float16, device, gen)
-    kp, vp = poisoned_tail(k, Nq), poisoned_tail(v, Nq)
-    blame_nan_on_reads(lambda: check_forward(api, q, kp, vp, causal=True, ref_kv=(k[:, :, :Nq], v[:, :, :Nq])),
-                        lambda: check_forward(api, q, k, v, causal=True), "keys j >= Nq",
-                        "o has NaN only when keys j >= Nq, which no query may see under the causal mask, hold NaN:"
-                        " the kernel loads them; a causal kernel skips their blocks instead")
+    check_causal_never_reads_invisible_keys(api, gen, device)
 
 
 @pytest.mark.points(1)
 def test_reads_nothing_past_nk(api, gen, device):
-    """k and v are the first Nk rows of larger buffers whose further rows hold NaN."""
-    Nq, Nk = 37, 45
-    q, k, v = qkv(1, 2, Nq, Nk + 19, 64, torch.float16, device, gen)
-    kp, vp = poisoned_tail(k, Nk)[:, :, :Nk], poisoned_tail(v, Nk)[:, :, :Nk]
-    for causal in (False, True):
-        blame_nan_on_reads(lambda: check_forward(api, q, kp, vp, causal=causal),
-                            lambda: check_forward(api, q, k[:, :, :Nk], v[:, :, :Nk], causal=causal),
-                            "keys j >= Nk", f"causal={causal}: o or lse has NaN only when the memory right after"
-                            " k[:, :, :Nk] holds NaN: some load reads keys j >= Nk (mask them)")
+    check_reads_nothing_past_nk(api, gen, device)
 
 
 # ---------------------------------------------------------------- the logsumexp merge

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from grader import aot, bench, cost, impl, numerics, runtime, timing
-from grader.checks import (check_autograd, check_backward, check_backward_negative_logits, check_grads, o_lse,
-                           reference_grads, refuses_bad_backward_input, sdpa_grads, upstream)
-from grader.honesty import tensors_in, timed
+from grader.checks import (AUTOGRAD_CASES, BACKWARD_CASES, check_autograd, check_backward,
+                           check_backward_negative_logits, check_saves_no_n_by_n_tensor, o_lse,
+                           refuses_bad_backward_input, upstream)
+from grader.honesty import timed
 from grader.inputs import FLOAT, qkv, randn
 
 PHASE = 4
@@ -20,24 +21,6 @@ gpu = pytest.mark.tier("gpu")
 
 
 # ---------------------------------------------------------------- flash_attention_backward
-BACKWARD_CASES = [
-    # B, H, Nq, Nk, D, causal, dtype, sm_scale, layout of q/k/v, layout of dO
-    pytest.param(1, 2, 16, 16, 16, False, "fp32", None, "bhnd", "bhnd", id="fp32-N16-D16"),
-    pytest.param(1, 2, 37, 37, 32, True, "fp32", None, "bhnd", "bhnd", id="fp32-causal-N37-D32"),
-    pytest.param(2, 2, 64, 64, 32, True, "fp16", None, "bhnd", "bhnd", id="fp16-causal-N64-D32"),
-    pytest.param(1, 2, 40, 23, 64, True, "fp16", None, "bhnd", "bhnd", id="fp16-causal-Nq40-Nk23-D64"),
-    pytest.param(2, 1, 19, 45, 16, True, "fp16", None, "bhnd", "bnhd", id="fp16-causal-Nq19-Nk45-D16"),
-    pytest.param(1, 2, 23, 50, 128, False, "fp16", None, "bnhd", "bnhd", id="fp16-Nq23-Nk50-D128-noncontiguous"),
-    pytest.param(1, 2, 33, 33, 64, False, "fp32", 0.3, "bnhd", "broadcast", id="fp32-D64-scale0.3-dO-broadcast"),
-    # scores in the hundreds: P must come from exp(s - lse), never from exp(s) / exp(lse)
-    pytest.param(1, 2, 30, 41, 32, True, "fp32", 30.0, "bhnd", "bhnd", id="fp32-causal-large-logits-scale30"),
-    pytest.param(2, 4, 1024, 1024, 128, True, "bf16", None, "bnhd", "bnhd", id="bf16-causal-N1024-D128", marks=gpu),
-    pytest.param(1, 8, 1000, 777, 64, False, "bf16", None, "bhnd", "bhnd", id="bf16-N1000x777-D64", marks=gpu),
-    pytest.param(1, 8, 777, 1000, 64, True, "bf16", None, "bnhd", "bhnd", id="bf16-causal-N777x1000-D64", marks=gpu),
-    pytest.param(2, 4, 513, 513, 32, True, "fp16", None, "bhnd", "bnhd", id="fp16-causal-N513-D32", marks=gpu),
-    pytest.param(2, 4, 300, 256, 16, False, "bf16", None, "bhnd", "broadcast", id="bf16-N300x256-D16", marks=gpu),
-    pytest.param(1, 4, 300, 300, 128, True, "fp32", None, "bnhd", "bhnd", id="fp32-causal-N300-D128", marks=gpu),
-]
 
 
 @pytest.mark.points(1)
@@ -75,13 +58,6 @@ def test_backward_refuses_bad_input(api, gen, device):
 
 
 # ---------------------------------------------------------------- flash_attention (autograd)
-AUTOGRAD_CASES = [
-    # B, H, Nq, Nk, D, causal, dtype, layout
-    pytest.param(1, 2, 33, 33, 32, True, "fp16", "bnhd", id="fp16-causal-N33-D32-noncontiguous"),
-    pytest.param(1, 2, 20, 45, 16, False, "fp32", "bhnd", id="fp32-Nq20-Nk45-D16"),
-    pytest.param(2, 4, 1024, 1024, 64, True, "bf16", "bnhd", id="bf16-causal-N1024-D64", marks=gpu),
-    pytest.param(2, 4, 600, 900, 128, False, "bf16", "bhnd", id="bf16-N600x900-D128", marks=gpu),
-]
 
 
 @pytest.mark.points(2)
@@ -105,27 +81,7 @@ def test_flash_attention_autograd_with_scale(api, gen, device, causal):
 
 @pytest.mark.points(2)
 def test_saves_no_n_by_n_tensor(api, gen, device):
-    """What autograd keeps between the passes: q, k, v, o and lse, nothing of size Nq x Nk."""
-    B, H, Nq, Nk, D = 1, 2, 48, 40, 16
-    q, k, v = (t.requires_grad_() for t in qkv(B, H, Nq, Nk, D, torch.float32, device, gen))
-    o = api.flash_attention(q, k, v, causal=True)
-    node = o.grad_fn
-    if node is None:
-        raise AssertionError("flash_attention's output has no grad_fn: it must be differentiable")
-    saved = tensors_in(list(node.saved_tensors) + list(vars(node).values()))
-    allowed = 4 * B * H * max(Nq, Nk) * D * 4 + B * H * Nq * 4  # q, k, v, o and a float32 lse
-    for t in saved:
-        if t.numel() >= B * H * Nq * Nk or (Nq in t.shape and Nk in t.shape):
-            raise AssertionError(f"flash_attention saves a tensor of shape {tuple(t.shape)} for the backward: "
-                                 f"that is an Nq x Nk matrix ({Nq} x {Nk}); recompute P in the backward instead")
-    total = sum(t.numel() * t.element_size() for t in saved)
-    if total > allowed:
-        raise AssertionError(f"flash_attention saves {total} bytes for the backward ({len(saved)} tensors); "
-                             f"q, k, v, o and lse take {allowed}")
-    do = randn((B, H, Nq, D), torch.float32, device, gen)
-    got = (o.detach(), *torch.autograd.grad(o, (q, k, v), do))
-    o64, _, *ref = reference_grads(q, k, v, do, True, None)
-    check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), sdpa_grads(q, k, v, do, True, None), q.dtype)
+    check_saves_no_n_by_n_tensor(api, gen, device)
 
 
 # ---------------------------------------------------------------- end to end: a block that trains
