@@ -226,26 +226,25 @@ def check_autograd(api, q, k, v, do, causal=False, sm_scale=None):
 NEGATIVE_LOGITS_SHAPE = (1, 2, 24, 45, 32)  # B, H, Nq, Nk, D
 
 
-def check_backward_negative_logits(api, gen, device, dtype=torch.float16, through_autograd=False):
-    """Every score near -130 (lse < -88) and Nk no multiple of the key block: a dQ kernel that does not
-    mask the padded keys of its last block computes exp(-lse) = inf for them, and inf * (k = 0) = NaN.
+def negative_logits_inputs(gen, device, dtype=torch.float16):
+    """q, k, v and dO (B, H, Nq, Nk, D = NEGATIVE_LOGITS_SHAPE) whose every score, at sm_scale
+    NEGATIVE_LOGITS_SCALE, is near -130: lse < -88 on every row."""
+    B, H, Nq, Nk, D = NEGATIVE_LOGITS_SHAPE
+    q, k, v = qkv_negative_logits(B, H, Nq, Nk, D, dtype, device, gen)
+    return q, k, v, randn((B, H, Nq, D), dtype, device, gen)
 
-    What this case grades is that overflow, not precision: q and k of norm 12 along one direction make
+
+def assert_negative_logits_grads(got, q, k, v, do):
+    """Judge (dq, dk, dv) of negative_logits_inputs: finite, and close to float64.
+
+    What this case grades is the overflow, not precision: q and k of norm 12 along one direction make
     the gradients ill-conditioned (a kernel that rounds dS to the input dtype before its matmuls, as every
     FlashAttention does, is a few units in the last place off where SDPA's CPU math backend, which does
     not round, is half of one). So every gradient must be finite and within 8 units of the input dtype's
     precision of the sum of the absolute values of its terms (the textbook bound for a rounded sum that
     cancels); the other cases grade precision against SDPA's own error."""
-    B, H, Nq, Nk, D = NEGATIVE_LOGITS_SHAPE
-    q, k, v = qkv_negative_logits(B, H, Nq, Nk, D, dtype, device, gen)
-    do = randn((B, H, Nq, D), dtype, device, gen)
-    o64, lse64, *ref = reference_grads(q, k, v, do, False, NEGATIVE_LOGITS_SCALE)
-    if through_autograd:
-        got = graded_call(forward_backward(api, False, NEGATIVE_LOGITS_SCALE), q, k, v, do,
-                          what="flash_attention forward + backward")[1:]
-    else:
-        got = graded_call(api.flash_attention_backward, do, q, k, v, o64.to(dtype), lse64.to(torch.float32),
-                          sm_scale=NEGATIVE_LOGITS_SCALE)
+    Nk = k.shape[2]
+    _, _, *ref = reference_grads(q, k, v, do, False, NEGATIVE_LOGITS_SCALE)
     magnitudes = _gradient_term_magnitudes(q, k, v, do, NEGATIVE_LOGITS_SCALE)
     for name, g, r in zip(("dq", "dk", "dv"), got, ref):
         bad = int((~torch.isfinite(g)).sum())
@@ -255,10 +254,25 @@ def check_backward_negative_logits(api, gen, device, dtype=torch.float16, throug
                                  "has p = exp(-lse) = inf in float32 unless it is masked, and inf * 0 = NaN: mask keys "
                                  ">= Nk in the dQ kernel")
         error = float((g.double() - r).abs().max())
-        allowed = 8 * torch.finfo(dtype).eps * float(magnitudes[name].max())
+        allowed = 8 * torch.finfo(q.dtype).eps * float(magnitudes[name].max())
         if error > allowed:
             raise AssertionError(f"{name}: max |error| {error:.2e} against float64, allowed {allowed:.2e} (8 eps of "
                                  f"the sum of its terms' absolute values) with every score near -130 and Nk = {Nk}")
+
+
+def check_backward_negative_logits(api, gen, device, through_autograd=False):
+    """Every score near -130 (lse < -88) and Nk no multiple of the key block: a dQ kernel that does not
+    mask the padded keys of its last block computes exp(-lse) = inf for them, and inf * (k = 0) = NaN.
+    The backward gets float64's o and lse, or (through_autograd) runs after the student's forward."""
+    q, k, v, do = negative_logits_inputs(gen, device)
+    if through_autograd:
+        got = graded_call(forward_backward(api, False, NEGATIVE_LOGITS_SCALE), q, k, v, do,
+                          what="flash_attention forward + backward")[1:]
+    else:
+        o64, lse64 = numerics.reference_attention(q, k, v, sm_scale=NEGATIVE_LOGITS_SCALE)
+        got = graded_call(api.flash_attention_backward, do, q, k, v, o64.to(q.dtype), lse64.to(torch.float32),
+                          sm_scale=NEGATIVE_LOGITS_SCALE)
+    assert_negative_logits_grads(got, q, k, v, do)
 
 
 def _gradient_term_magnitudes(q, k, v, do, sm_scale):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from grader import aot, bench, distributed, footprint, impl, numerics, timing, variants
-from grader.checks import blame_nan_on_reads
+from grader.checks import blame_nan_on_reads, check_backward_negative_logits
 from grader.honesty import HonestyError, _count_triton_launches, graded_call, tensors_in, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, randn
 
@@ -280,6 +280,13 @@ def test_flash_attention_autograd(api, gen, device, B, H, H_kv, N, D, causal, wi
     o64, _, *ref = variants.reference_grads(q, k, v, do, mask, sm_scale, softcap)
     base = variants.baseline_grads(q, k, v, do, mask, sm_scale, softcap)
     check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), base, q.dtype)
+
+
+@pytest.mark.points(1)
+def test_backward_strongly_negative_logits(api, gen, device):
+    """lse < -88 and a partial last key block, through autograd: the dQ kernel's padded keys must be
+    masked (Phase 4's case, issue 21)."""
+    check_backward_negative_logits(api, gen, device, through_autograd=True)
 
 
 @pytest.mark.points(2)
