@@ -394,10 +394,20 @@ def _previous_phase(phase: int, name: str):
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except NotImplementedError as exc:
-            raise AssertionError(f"Phase 5 is measured against your own Phase {phase} ({where}), which is not "
-                                 f"solved yet ({exc}). Finish Phase {phase} first") from None
+        except Exception as exc:  # a stub's NotImplementedError, a kernel stub's compile error, a crash
+            said = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
+            raise AssertionError(f"Phase 5 is measured against your own Phase {phase} ({where}), which raised "
+                                 f"{type(exc).__name__}: {said}. Finish Phase {phase} first") from None
     return call, where
+
+
+def _time_both(graded, previous, first: int):
+    """(graded ms, previous ms); `first` = 1 times the previous phase first. The rows alternate, so that a
+    clock that drifts during the test favours neither side."""
+    if first:
+        previous_ms = timing.median_ms(previous)
+        return timing.median_ms(graded), previous_ms
+    return timing.median_ms(graded), timing.median_ms(previous)
 
 
 def _assert_faster_than_previous(record_property, rows, bar, what, where):
@@ -422,8 +432,8 @@ def test_forward_faster_than_phase3(api, gen, record_property):
     for N, causal in PREVIOUS_ROWS:
         q, k, v = standard_inputs(gen, N, 128)
         check_forward(api, q[:1, :2, :1024], k[:1, :2, :1024], v[:1, :2, :1024], causal=causal)
-        ms = timing.median_ms(timed(lambda: api.flash_attention_forward(q, k, v, causal=causal), q, k, v))
-        previous_ms = timing.median_ms(lambda: previous(q, k, v, causal=causal))
+        ms, previous_ms = _time_both(timed(lambda: api.flash_attention_forward(q, k, v, causal=causal), q, k, v),
+                                     lambda: previous(q, k, v, causal=causal), first=len(rows) % 2)
         rows.append({"N": N, "causal": causal, "ms": ms, "previous_ms": previous_ms})
     _assert_faster_than_previous(record_property, rows, BARS["fwd_vs_previous"], "fwd", where)
 
@@ -437,8 +447,8 @@ def test_backward_faster_than_phase4(api, gen, record_property):
     for N, causal in PREVIOUS_ROWS:
         q, k, v, do, o, lse = _backward_inputs(gen, N, 128, causal)
         check_backward(api, *(t[:1, :2, :512] for t in (q, k, v, do)), causal=causal)
-        ms = timing.median_ms(timed(lambda: api.flash_attention_backward(do, q, k, v, o, lse, causal=causal),
-                                    q, k, v, do))
-        previous_ms = timing.median_ms(lambda: previous(do, q, k, v, o, lse, causal=causal))
+        ms, previous_ms = _time_both(timed(lambda: api.flash_attention_backward(do, q, k, v, o, lse, causal=causal),
+                                           q, k, v, do),
+                                     lambda: previous(do, q, k, v, o, lse, causal=causal), first=len(rows) % 2)
         rows.append({"N": N, "causal": causal, "ms": ms, "previous_ms": previous_ms})
     _assert_faster_than_previous(record_property, rows, BARS["bwd_vs_previous"], "bwd", where)
