@@ -25,6 +25,7 @@ This protects a grade from honest mistakes and lazy shortcuts, not from hostile 
 code runs with the grader's permissions and could undo any of it (see the instructors' docs).
 """
 import contextlib
+import dataclasses
 import os
 import sys
 import types
@@ -177,6 +178,30 @@ class _Launches:
     def __init__(self):
         self.count = 0
         self.storages: set[int] = set()  # storage addresses of the tensors passed to kernels
+        self.kernels: list[KernelLaunch] = []
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelLaunch:
+    """One launch of a Triton kernel, as its launcher saw it: what a grader can observe from outside."""
+    name: str           # the @triton.jit function's name
+    module: str         # the module that defines it, e.g. exercises.phase5.forward
+    descriptors: int    # how many arguments were tensor descriptors (TMA)
+    options: dict       # keyword arguments: constexprs (BLOCK_M, ...), num_warps, num_stages
+
+    @property
+    def where(self) -> str:
+        return f"`{self.name}` of {self.module}"
+
+
+def _describe_launch(kernel, args, kwargs) -> KernelLaunch:
+    fn = getattr(kernel, "fn", kernel)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    values = list(args) + list(kwargs.values())
+    return KernelLaunch(getattr(fn, "__name__", "?"), getattr(fn, "__module__", "?"),
+                        sum(isinstance(value, TensorDescriptor) for value in values),
+                        {k: v for k, v in kwargs.items() if isinstance(v, (bool, int, float, str))})
 
 
 def _storages_of(values):
@@ -204,6 +229,7 @@ def _count_triton_launches():
             if cls is not Autotuner:
                 launches.count += 1
                 launches.storages.update(_storages_of(list(args) + list(kwargs.values())))
+                launches.kernels.append(_describe_launch(self, args, kwargs))
             _Suspend.depth += 1
             try:
                 return original(self, *args, **kwargs)
@@ -218,6 +244,13 @@ def _count_triton_launches():
     finally:
         for cls, original in originals.items():
             cls.run = original
+
+
+@contextlib.contextmanager
+def record_launches():
+    """The Triton kernels launched inside the block, in order: a list of KernelLaunch."""
+    with _count_triton_launches() as launches:
+        yield launches.kernels
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -40,6 +40,21 @@ def qkv(B, H, Nq, Nk, D, dtype, device, gen, layout="bhnd"):
     return make(Nq, "q"), make(Nk, "k"), make(Nk, "v")
 
 
+NEGATIVE_LOGITS_SCALE = 1.0  # the sm_scale that qkv_negative_logits' scores are made for
+
+
+def qkv_negative_logits(B, H, Nq, Nk, D, dtype, device, gen):
+    """q, k, v whose every score q.k (at sm_scale NEGATIVE_LOGITS_SCALE) lies between about -150 and
+    -110, so that every row's lse is below -88, where exp(-lse) overflows float32; the scores of a
+    row still differ by a few units (a softmax far from one-hot). q and k point in opposite
+    directions along one random unit vector, plus a little noise."""
+    u = torch.randn(D, generator=gen)
+    u = 12.0 * u / u.norm()
+    q = (u + 0.3 * torch.randn((B, H, Nq, D), generator=gen)).to(dtype=dtype, device=device)
+    k = (-u + 0.3 * torch.randn((B, H, Nk, D), generator=gen)).to(dtype=dtype, device=device)
+    return q, k, randn((B, H, Nk, D), dtype, device, gen)
+
+
 # A stride that fits in int32 while twice it does not: element [2, ...] of a view with this stride
 # lies past 2**31, where a kernel that multiplies index * stride in int32 wraps around.
 STRIDE_PAST_INT32 = 2**30 + 4096

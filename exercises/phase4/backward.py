@@ -109,8 +109,10 @@ def _dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn,
               MASK: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
     """Add to dq (BLOCK_M x HEAD_DIM) the contribution of keys lo..hi, BLOCK_N at a time.
 
-    MASK=True marks the blocks that need it: the causal diagonal and the last, partial key block
-    (a key past N_K would otherwise get p = exp2(-lse2), not 0).
+    MASK=True marks the blocks that need it: the causal diagonal and the last, partial key block.
+    A key past N_K loads k = v = 0, so its score is 0 and p = exp2(-lse2), not 0. That alone would
+    do no harm (its dS is multiplied by k = 0); the harm is overflow: when lse < -88 (every score of
+    the row strongly negative), exp2(-lse2) = inf in float32, and inf * 0 = NaN lands in dq.
     """
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)

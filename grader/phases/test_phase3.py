@@ -9,67 +9,16 @@ import pytest
 import torch
 
 from grader import aot, bench, impl, numerics, timing
+from grader.checks import (FORWARD_CASES, check_causal_never_reads_invisible_keys, check_forward,
+                           check_reads_nothing_past_nk, lse_baseline, refuses_bad_forward_input, standard_inputs)
 from grader.honesty import graded_call, timed
-from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, qkv_past_int32
+from grader.inputs import FLOAT, qkv, qkv_past_int32
 
 PHASE = 3
 gpu = pytest.mark.tier("gpu")
 
 
-def lse_baseline(q, k, causal=False, sm_scale=None):
-    """logsumexp of the scaled scores, in float32, from the low-precision q and k."""
-    return numerics.scores_logsumexp(q.float(), k.float(), causal, sm_scale)
-
-
-def check_lse(lse, q, k, causal, sm_scale, ref_lse):
-    B, H, Nq = q.shape[:3]
-    if lse.dtype != torch.float32:
-        raise AssertionError(f"lse has dtype {lse.dtype}, expected float32")
-    if tuple(lse.shape) != (B, H, Nq):
-        raise AssertionError(f"lse has shape {tuple(lse.shape)}, expected (B, H, Nq) = {(B, H, Nq)}")
-    numerics.assert_close("lse", lse, ref_lse, lse_baseline(q, k, causal, sm_scale), dtype=q.dtype)
-
-
-def check_forward(api, q, k, v, causal=False, sm_scale=None, ref_kv=None):
-    """Run the graded forward and compare (o, lse) with float64. `ref_kv` replaces k, v for the
-    reference and baseline (used when k, v carry poisoned rows that must never be read)."""
-    out = graded_call(api.flash_attention_forward, q, k, v, causal=causal, sm_scale=sm_scale)
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise AssertionError(f"flash_attention_forward must return (o, lse), got {type(out).__name__}")
-    o, lse = out
-    rk, rv = ref_kv or (k, v)
-    ref_lse = numerics.assert_attention_output(o, q, rk, rv, causal, sm_scale)
-    check_lse(lse, q, rk, causal, sm_scale, ref_lse)
-    return o, lse
-
-
 # ---------------------------------------------------------------- output and lse
-FORWARD_CASES = [
-    # B, H, Nq, Nk, D, causal, dtype, sm_scale, layout
-    pytest.param(1, 1, 1, 1, 16, False, "fp32", None, "bhnd", id="fp32-N1"),
-    pytest.param(1, 2, 1, 1, 32, True, "fp16", None, "bhnd", id="fp16-causal-N1"),
-    pytest.param(2, 3, 17, 33, 16, False, "fp32", None, "bhnd", id="fp32-Nq17-Nk33"),
-    pytest.param(1, 2, 45, 20, 32, True, "fp32", None, "bhnd", id="fp32-causal-Nq45-Nk20"),
-    pytest.param(1, 2, 20, 45, 64, True, "fp32", None, "bhnd", id="fp32-causal-Nq20-Nk45"),
-    pytest.param(2, 2, 64, 64, 64, True, "fp16", None, "bhnd", id="fp16-causal-N64"),
-    pytest.param(1, 2, 50, 50, 128, False, "fp16", None, "bhnd", id="fp16-D128-N50"),
-    pytest.param(1, 1, 1, 70, 16, True, "fp16", None, "bhnd", id="fp16-causal-Nq1-Nk70"),
-    pytest.param(2, 2, 40, 40, 32, True, "fp16", 0.3, "bnhd", id="fp16-causal-scale0.3-noncontiguous"),
-    pytest.param(1, 3, 23, 71, 16, False, "fp32", 1.7, "bnhd", id="fp32-scale1.7-noncontiguous"),
-    # q, k and v each with strides of their own: the launch must pass each tensor's own
-    pytest.param(2, 2, 40, 70, 32, True, "fp16", None, "mixed", id="fp16-causal-Nq40-Nk70-mixed-layouts"),
-    # scores in the hundreds: exp overflows float32 past 88, so the running max must be subtracted
-    pytest.param(1, 2, 40, 70, 32, True, "fp32", 30.0, "bhnd", id="fp32-causal-large-logits-scale30"),
-    pytest.param(2, 4, 1024, 1024, 128, True, "bf16", None, "bnhd", id="bf16-causal-N1024-D128", marks=gpu),
-    pytest.param(1, 2, 4096, 4096, 64, True, "bf16", None, "bhnd", id="bf16-causal-N4096-D64", marks=gpu),
-    pytest.param(1, 2, 8192, 8192, 128, False, "bf16", None, "bnhd", id="bf16-N8192-D128", marks=gpu),
-    pytest.param(1, 4, 1000, 3001, 64, False, "bf16", None, "bhnd", id="bf16-Nq1000-Nk3001", marks=gpu),
-    pytest.param(1, 4, 3001, 1000, 64, True, "bf16", None, "bnhd", id="bf16-causal-Nq3001-Nk1000", marks=gpu),
-    pytest.param(1, 4, 999, 2500, 128, True, "fp16", 0.05, "bhnd", id="fp16-causal-Nq999-Nk2500", marks=gpu),
-    pytest.param(2, 8, 777, 777, 16, True, "bf16", None, "bnhd", id="bf16-causal-D16-N777", marks=gpu),
-    pytest.param(2, 8, 2048, 2048, 32, False, "fp16", None, "bhnd", id="fp16-D32-N2048", marks=gpu),
-    pytest.param(1, 2, 600, 513, 64, True, "fp32", None, "bnhd", id="fp32-causal-Nq600-Nk513", marks=gpu),
-]
 
 
 @pytest.mark.points(1)
@@ -94,57 +43,14 @@ def test_forward_seeded_shapes(api, gen, device):
 ### END HIDDEN TESTS
 
 
-# ---------------------------------------------------------------- what the kernel must not read
-def _poisoned_tail(x, n_valid):
-    """x with rows n_valid.. of its N dimension set to NaN (a clone)."""
-    x = x.clone()
-    x[:, :, n_valid:] = float("nan")
-    return x
-
-
 @pytest.mark.points(2)
 def test_causal_never_reads_invisible_keys(api, gen, device):
-    """Under the causal mask no query sees keys j >= Nq; those rows of k and v hold NaN here.
-
-    A kernel that visits their blocks and masks the scores still multiplies NaN values of v by a
-    zero probability, and NaN * 0 = NaN: only skipping the blocks keeps o finite.
-    """
-    Nq, Nk = 128, 384  # Nq is a multiple of every BLOCK_M in use: the last query block ends at 128
-    q, k, v = qkv(1, 2, Nq, Nk, 32, torch.float16, device, gen)
-    kp, vp = _poisoned_tail(k, Nq), _poisoned_tail(v, Nq)
-    _blame_nan_on_reads(lambda: check_forward(api, q, kp, vp, causal=True, ref_kv=(k[:, :, :Nq], v[:, :, :Nq])),
-                        lambda: check_forward(api, q, k, v, causal=True), "keys j >= Nq",
-                        "o has NaN only when keys j >= Nq, which no query may see under the causal mask, hold NaN:"
-                        " the kernel loads them; a causal kernel skips their blocks instead")
-
-
-def _blame_nan_on_reads(poisoned, clean, where: str, blame: str):
-    """Run `poisoned` (NaN in memory the kernel must not read); a NaN there is blamed on reading that
-    memory only if `clean` (the same call with finite values there) passes. Otherwise the NaN (a
-    fully masked row, an off-by-one mask) is the kernel's own, and its message says so."""
-    try:
-        poisoned()
-    except AssertionError as exc:
-        if "NaN" not in str(exc):
-            raise
-        try:
-            clean()
-        except AssertionError as own:
-            raise AssertionError(f"{own} (also with finite {where}: not from reading them)") from None
-        raise AssertionError(blame) from None
+    check_causal_never_reads_invisible_keys(api, gen, device)
 
 
 @pytest.mark.points(1)
 def test_reads_nothing_past_nk(api, gen, device):
-    """k and v are the first Nk rows of larger buffers whose further rows hold NaN."""
-    Nq, Nk = 37, 45
-    q, k, v = qkv(1, 2, Nq, Nk + 19, 64, torch.float16, device, gen)
-    kp, vp = _poisoned_tail(k, Nk)[:, :, :Nk], _poisoned_tail(v, Nk)[:, :, :Nk]
-    for causal in (False, True):
-        _blame_nan_on_reads(lambda: check_forward(api, q, kp, vp, causal=causal),
-                            lambda: check_forward(api, q, k[:, :, :Nk], v[:, :, :Nk], causal=causal),
-                            "keys j >= Nk", f"causal={causal}: o or lse has NaN only when the memory right after"
-                            " k[:, :, :Nk] holds NaN: some load reads keys j >= Nk (mask them)")
+    check_reads_nothing_past_nk(api, gen, device)
 
 
 # ---------------------------------------------------------------- the logsumexp merge
@@ -235,19 +141,7 @@ def test_lse_merges_halves(api, gen, device, dtype):
 # ---------------------------------------------------------------- bad input
 @pytest.mark.points(1)
 def test_refuses_bad_input(api, gen, device):
-    q, k, v = qkv(1, 2, 8, 8, 16, torch.float32, device, gen)
-    f = api.flash_attention_forward
-    assert_accepts(lambda: f(q, k, v), "float32 q, k, v of shape (1, 2, 8, 16)")
-    assert_refuses(lambda: f(q[0], k, v), ValueError, "q", "q of rank 3")
-    assert_refuses(lambda: f(q, k[:, :, :4], v), ValueError, "k", "k and v of different lengths")
-    assert_refuses(lambda: f(q, k.half(), v), TypeError, "q", "q and k of different dtypes")
-    assert_refuses(lambda: f(q, k.int(), v), TypeError, "k", "integer k")
-    assert_refuses(lambda: f(q[..., :8], k[..., :8], v[..., :8]), ValueError, "D", "head dim 8")
-    assert_refuses(lambda: f(q, k, v, causal="yes"), TypeError, "causal", "causal='yes'")
-    assert_refuses(lambda: f(q, k, v, sm_scale="0.5"), TypeError, "sm_scale", "sm_scale='0.5'")
-    assert_refuses(lambda: f(q, k, v, sm_scale=float("nan")), ValueError, "sm_scale", "sm_scale=nan")
-    if device == "cuda":
-        assert_refuses(lambda: f(q.cpu(), k.cpu(), v.cpu()), ValueError, "q", "CPU tensors on a GPU run")
+    refuses_bad_forward_input(api.flash_attention_forward, gen, device)
 
 
 # ---------------------------------------------------------------- GPU: int64 offsets
@@ -296,17 +190,12 @@ def test_forward_kernel_compiles(record_property):
 
 
 # ---------------------------------------------------------------- throughput tier
-def _standard_inputs(gen, N, D, dtype=torch.bfloat16):
-    B, H, N, D = bench.standard_shape(N, D)
-    return qkv(B, H, N, N, D, dtype, "cuda", gen, "bnhd")
-
-
 @pytest.mark.points(2)
 @pytest.mark.tier("throughput")
 @pytest.mark.parametrize("D", [64, 128])
 def test_causal_skips_work(api, gen, record_property, D):
     """Causal attention does half the work: it must take at most 0.65x the non-causal time."""
-    q, k, v = _standard_inputs(gen, 4096, D)
+    q, k, v = standard_inputs(gen, 4096, D)
     check_forward(api, q[:1, :2], k[:1, :2], v[:1, :2], causal=True)
     full_ms = timing.median_ms(timed(lambda: api.flash_attention_forward(q, k, v, causal=False), q, k, v))
     causal_ms = timing.median_ms(timed(lambda: api.flash_attention_forward(q, k, v, causal=True), q, k, v))
@@ -325,7 +214,7 @@ def test_causal_skips_work(api, gen, record_property, D):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_forward_throughput(api, gen, record_property, D, causal):
     """At least 0.6x SDPA's flash backend (FlashAttention-2) at N=4096, 16k tokens, hidden 2048, bf16."""
-    q, k, v = _standard_inputs(gen, 4096, D)
+    q, k, v = standard_inputs(gen, 4096, D)
     check_forward(api, q[:1, :2], k[:1, :2], v[:1, :2], causal=causal)
     row = bench.measure(timed(lambda: api.flash_attention_forward(q, k, v, causal=causal), q, k, v), q, k, v, causal,
                         baselines=("flash", "cudnn"))

@@ -10,77 +10,24 @@ import pytest
 import torch
 
 from grader import aot, bench, cost, impl, numerics, runtime, timing
-from grader.honesty import graded_call, tensors_in, timed
-from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, randn
+from grader.checks import (AUTOGRAD_CASES, BACKWARD_CASES, check_autograd, check_backward,
+                           check_backward_negative_logits, check_saves_no_n_by_n_tensor, o_lse,
+                           refuses_bad_backward_input, upstream)
+from grader.honesty import timed
+from grader.inputs import FLOAT, qkv, randn
 
 PHASE = 4
 gpu = pytest.mark.tier("gpu")
 
 
-# ---------------------------------------------------------------- references
-# The float64 truth and PyTorch's gradients in the same low precision, shared by every grader
-# (grader/numerics.py); named here as the later phases' graders call them (phase4.sdpa_grads).
-reference_grads = numerics.reference_gradients
-sdpa_grads = numerics.sdpa_gradients
-
-
-def check_grads(names, got, ref, baseline, dtype):
-    # The shared rule (numerics.assert_close): 2x PyTorch's own error in the same precision plus a
-    # dtype floor, flash-attn's multiplier. It holds for dq too: our kernels round P and dS to the
-    # input dtype before each tl.dot, exactly as SDPA's flash and efficient backends do.
-    for name, g, r, b in zip(names, got, ref, baseline):
-        numerics.assert_close(name, g, r, b, dtype=dtype)
-        if g.dtype != dtype:
-            raise AssertionError(f"{name} has dtype {g.dtype}, expected the inputs' dtype {dtype}")
-
-
-def _layout(x, layout):
-    """The same values, stored (B, N, H, D) and viewed (B, H, N, D) when layout is bnhd."""
-    return x.transpose(1, 2).contiguous().transpose(1, 2) if layout == "bnhd" else x.contiguous()
-
-
-def _upstream(o_shape, dtype, device, gen, layout):
-    B, H, N, D = o_shape
-    if layout == "broadcast":  # what o.sum().backward() sends: one value, every stride 0
-        return randn((1, 1, 1, 1), dtype, device, gen).expand(B, H, N, D)
-    return _layout(randn(o_shape, dtype, device, gen), layout)
-
-
 # ---------------------------------------------------------------- flash_attention_backward
-BACKWARD_CASES = [
-    # B, H, Nq, Nk, D, causal, dtype, sm_scale, layout of q/k/v, layout of dO
-    pytest.param(1, 2, 16, 16, 16, False, "fp32", None, "bhnd", "bhnd", id="fp32-N16-D16"),
-    pytest.param(1, 2, 37, 37, 32, True, "fp32", None, "bhnd", "bhnd", id="fp32-causal-N37-D32"),
-    pytest.param(2, 2, 64, 64, 32, True, "fp16", None, "bhnd", "bhnd", id="fp16-causal-N64-D32"),
-    pytest.param(1, 2, 40, 23, 64, True, "fp16", None, "bhnd", "bhnd", id="fp16-causal-Nq40-Nk23-D64"),
-    pytest.param(2, 1, 19, 45, 16, True, "fp16", None, "bhnd", "bnhd", id="fp16-causal-Nq19-Nk45-D16"),
-    pytest.param(1, 2, 23, 50, 128, False, "fp16", None, "bnhd", "bnhd", id="fp16-Nq23-Nk50-D128-noncontiguous"),
-    pytest.param(1, 2, 33, 33, 64, False, "fp32", 0.3, "bnhd", "broadcast", id="fp32-D64-scale0.3-dO-broadcast"),
-    # scores in the hundreds: P must come from exp(s - lse), never from exp(s) / exp(lse)
-    pytest.param(1, 2, 30, 41, 32, True, "fp32", 30.0, "bhnd", "bhnd", id="fp32-causal-large-logits-scale30"),
-    pytest.param(2, 4, 1024, 1024, 128, True, "bf16", None, "bnhd", "bnhd", id="bf16-causal-N1024-D128", marks=gpu),
-    pytest.param(1, 8, 1000, 777, 64, False, "bf16", None, "bhnd", "bhnd", id="bf16-N1000x777-D64", marks=gpu),
-    pytest.param(1, 8, 777, 1000, 64, True, "bf16", None, "bnhd", "bhnd", id="bf16-causal-N777x1000-D64", marks=gpu),
-    pytest.param(2, 4, 513, 513, 32, True, "fp16", None, "bhnd", "bnhd", id="fp16-causal-N513-D32", marks=gpu),
-    pytest.param(2, 4, 300, 256, 16, False, "bf16", None, "bhnd", "broadcast", id="bf16-N300x256-D16", marks=gpu),
-    pytest.param(1, 4, 300, 300, 128, True, "fp32", None, "bnhd", "bhnd", id="fp32-causal-N300-D128", marks=gpu),
-]
-
-
-def check_backward(api, q, k, v, do, causal=False, sm_scale=None, layout="bhnd"):
-    o64, lse64, *ref = reference_grads(q, k, v, do, causal, sm_scale)
-    o, lse = _layout(o64.to(q.dtype), layout), lse64.to(torch.float32)  # phase 3's outputs, exact
-    got = graded_call(api.flash_attention_backward, do, q, k, v, o, lse, causal=causal, sm_scale=sm_scale)
-    if not isinstance(got, tuple) or len(got) != 3:
-        raise AssertionError("flash_attention_backward must return a tuple (dq, dk, dv)")
-    check_grads(("dq", "dk", "dv"), got, ref, sdpa_grads(q, k, v, do, causal, sm_scale)[1:], q.dtype)
 
 
 @pytest.mark.points(1)
 @pytest.mark.parametrize("B, H, Nq, Nk, D, causal, dtype, sm_scale, layout, do_layout", BACKWARD_CASES)
 def test_backward(api, gen, device, B, H, Nq, Nk, D, causal, dtype, sm_scale, layout, do_layout):
     q, k, v = qkv(B, H, Nq, Nk, D, FLOAT[dtype], device, gen, layout)
-    do = _upstream((B, H, Nq, D), FLOAT[dtype], device, gen, do_layout)
+    do = upstream((B, H, Nq, D), FLOAT[dtype], device, gen, do_layout)
     check_backward(api, q, k, v, do, causal, sm_scale, layout)
 
 
@@ -100,45 +47,25 @@ def test_backward_seeded_shapes(api, gen, device):
 
 
 @pytest.mark.points(1)
+def test_backward_strongly_negative_logits(api, gen, device):
+    """lse < -88 and a partial last key block: the padded keys of the dQ kernel must be masked."""
+    check_backward_negative_logits(api, gen, device)
+
+
+@pytest.mark.points(1)
 def test_backward_refuses_bad_input(api, gen, device):
-    q, k, v = qkv(1, 2, 20, 20, 16, torch.float32, device, gen)
-    do = randn(q.shape, torch.float32, device, gen)
-    o, lse = (t.float() for t in numerics.reference_attention(q, k, v))
-    f = api.flash_attention_backward
-    assert_accepts(lambda: f(do, q, k, v, o, lse), "float32 do, q, k, v, o of shape (1, 2, 20, 16) and their lse")
-    assert_refuses(lambda: f(do[:, :, :5], q, k, v, o, lse), ValueError, "do", "do of another shape than q")
-    assert_refuses(lambda: f(do, q, k, v, o[0], lse), ValueError, "o", "o of rank 3")
-    assert_refuses(lambda: f(do, q, k, v, o, lse[..., :7]), ValueError, "lse", "lse of another length than q")
-    assert_refuses(lambda: f(do.half(), q, k, v, o, lse), TypeError, "do", "do in float16 with q in float32")
-    assert_refuses(lambda: f(do, q, k, v, o, lse.int()), TypeError, "lse", "an integer lse")
+    refuses_bad_backward_input(api.flash_attention_backward, gen, device)
 
 
 # ---------------------------------------------------------------- flash_attention (autograd)
-AUTOGRAD_CASES = [
-    # B, H, Nq, Nk, D, causal, dtype, layout
-    pytest.param(1, 2, 33, 33, 32, True, "fp16", "bnhd", id="fp16-causal-N33-D32-noncontiguous"),
-    pytest.param(1, 2, 20, 45, 16, False, "fp32", "bhnd", id="fp32-Nq20-Nk45-D16"),
-    pytest.param(2, 4, 1024, 1024, 64, True, "bf16", "bnhd", id="bf16-causal-N1024-D64", marks=gpu),
-    pytest.param(2, 4, 600, 900, 128, False, "bf16", "bhnd", id="bf16-N600x900-D128", marks=gpu),
-]
-
-
-def _forward_backward(api, causal, sm_scale=None):
-    def run(q, k, v, do):
-        qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
-        o = api.flash_attention(qg, kg, vg, causal=causal, sm_scale=sm_scale)
-        return (o.detach(), *torch.autograd.grad(o, (qg, kg, vg), do))
-    return run
 
 
 @pytest.mark.points(2)
 @pytest.mark.parametrize("B, H, Nq, Nk, D, causal, dtype, layout", AUTOGRAD_CASES)
 def test_flash_attention_autograd(api, gen, device, B, H, Nq, Nk, D, causal, dtype, layout):
     q, k, v = qkv(B, H, Nq, Nk, D, FLOAT[dtype], device, gen, layout)
-    do = _upstream((B, H, Nq, D), FLOAT[dtype], device, gen, layout)
-    got = graded_call(_forward_backward(api, causal), q, k, v, do, what="flash_attention forward + backward")
-    o64, _, *ref = reference_grads(q, k, v, do, causal, None)
-    check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), sdpa_grads(q, k, v, do, causal, None), q.dtype)
+    do = upstream((B, H, Nq, D), FLOAT[dtype], device, gen, layout)
+    check_autograd(api, q, k, v, do, causal)
 
 
 @pytest.mark.points(1)
@@ -149,34 +76,12 @@ def test_flash_attention_autograd_with_scale(api, gen, device, causal):
     sm_scale = 0.3
     q, k, v = qkv(1, 2, 24, 40, 32, torch.float32, device, gen)
     do = randn(q.shape, torch.float32, device, gen)
-    got = graded_call(_forward_backward(api, causal, sm_scale), q, k, v, do, what="flash_attention forward + backward")
-    o64, _, *ref = reference_grads(q, k, v, do, causal, sm_scale)
-    check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), sdpa_grads(q, k, v, do, causal, sm_scale), q.dtype)
+    check_autograd(api, q, k, v, do, causal, sm_scale)
 
 
 @pytest.mark.points(2)
 def test_saves_no_n_by_n_tensor(api, gen, device):
-    """What autograd keeps between the passes: q, k, v, o and lse, nothing of size Nq x Nk."""
-    B, H, Nq, Nk, D = 1, 2, 48, 40, 16
-    q, k, v = (t.requires_grad_() for t in qkv(B, H, Nq, Nk, D, torch.float32, device, gen))
-    o = api.flash_attention(q, k, v, causal=True)
-    node = o.grad_fn
-    if node is None:
-        raise AssertionError("flash_attention's output has no grad_fn: it must be differentiable")
-    saved = tensors_in(list(node.saved_tensors) + list(vars(node).values()))
-    allowed = 4 * B * H * max(Nq, Nk) * D * 4 + B * H * Nq * 4  # q, k, v, o and a float32 lse
-    for t in saved:
-        if t.numel() >= B * H * Nq * Nk or (Nq in t.shape and Nk in t.shape):
-            raise AssertionError(f"flash_attention saves a tensor of shape {tuple(t.shape)} for the backward: "
-                                 f"that is an Nq x Nk matrix ({Nq} x {Nk}); recompute P in the backward instead")
-    total = sum(t.numel() * t.element_size() for t in saved)
-    if total > allowed:
-        raise AssertionError(f"flash_attention saves {total} bytes for the backward ({len(saved)} tensors); "
-                             f"q, k, v, o and lse take {allowed}")
-    do = randn((B, H, Nq, D), torch.float32, device, gen)
-    got = (o.detach(), *torch.autograd.grad(o, (q, k, v), do))
-    o64, _, *ref = reference_grads(q, k, v, do, True, None)
-    check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), sdpa_grads(q, k, v, do, True, None), q.dtype)
+    check_saves_no_n_by_n_tensor(api, gen, device)
 
 
 # ---------------------------------------------------------------- end to end: a block that trains
@@ -315,12 +220,6 @@ def test_memory_grows_linearly(api, gen):
                              f"x4; one bf16 P at N=16384 is {p_bytes / 2**20:.0f} MiB")
 
 
-def _o_lse(q, k, v, causal):
-    """o (SDPA, the inputs' dtype) and lse (float32), one batch entry at a time: no float64 N x N."""
-    o = numerics.sdpa(q, k, v, causal)
-    return o, torch.stack([numerics.scores_logsumexp(q[b].float(), k[b].float(), causal) for b in range(q.shape[0])])
-
-
 @pytest.mark.points(2)
 @pytest.mark.tier("throughput")
 @pytest.mark.parametrize("D", [64, 128])
@@ -329,7 +228,7 @@ def test_backward_throughput(api, gen, record_property, D, causal):
     B, H, N, _ = bench.standard_shape(4096, D)
     q, k, v = qkv(B, H, N, N, D, torch.bfloat16, "cuda", gen)
     do = randn((B, H, N, D), torch.bfloat16, "cuda", gen)
-    o, lse = _o_lse(q, k, v, causal)
+    o, lse = o_lse(q, k, v, causal)
     small = (t[:1, :2, :512] for t in (q, k, v, do))  # correct first, on a slice
     check_backward(api, *small, causal=causal)
     row = bench.measure(timed(lambda: api.flash_attention_backward(do, q, k, v, o, lse, causal=causal), do, q, k, v),

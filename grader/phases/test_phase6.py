@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from grader import aot, bench, impl, numerics, timing
+from grader.checks import assert_negative_logits_grads, check_grads, negative_logits_inputs, sdpa_grads
 from grader.honesty import graded_call, tensors_in, timed
-from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, randn
-from grader.phases import test_phase4 as phase4
+from grader.inputs import FLOAT, NEGATIVE_LOGITS_SCALE, assert_accepts, assert_refuses, qkv, randn
 
 PHASE = 6
 gpu = pytest.mark.tier("gpu")
@@ -56,7 +56,7 @@ def reference_and_baseline(q, k, v, do, causal, sm_scale, keep, p):
         return (o.detach(), *torch.autograd.grad(o, x, do.to(dtype)))
     if keep is None:
         ref = run(lambda a, b, c: numerics.reference_attention(a, b, c, causal, sm_scale)[0], torch.float64)
-        return ref, phase4.sdpa_grads(q, k, v, do, causal, sm_scale)
+        return ref, sdpa_grads(q, k, v, do, causal, sm_scale)
     truth = lambda a, b, c: numerics.reference_attention(a, b, c, causal, sm_scale, dropout_mask=keep, dropout_p=p)[0]
     # The baseline: PyTorch's own arithmetic in the inputs' precision with the same mask (SDPA takes
     # no mask of kept probabilities, so plain operations stand in for it).
@@ -89,7 +89,7 @@ def check_dense(api, q, k, v, do, causal, sm_scale, p, seed):
     B, H, Nq, _ = q.shape
     keep = mask_of(api, seed, p, B * H, Nq, k.shape[2], q.device).view(B, H, Nq, -1) if p else None
     ref, baseline = reference_and_baseline(q, k, v, do, causal, sm_scale, keep, p)
-    phase4.check_grads(("o", "dq", "dk", "dv"), got, ref, baseline, q.dtype)
+    check_grads(("o", "dq", "dk", "dv"), got, ref, baseline, q.dtype)
 
 
 # ---------------------------------------------------------------- dropout_p = 0 is Phase 4
@@ -292,6 +292,20 @@ def check_varlen(api, lengths_q, lengths_k, H, D, dtype, device, gen, causal, p=
             b = max(i for i in range(len(bounds) - 1) if bounds[i] <= row)
             raise AssertionError(f"sequence {b} (Nq={lengths_q[b]}, Nk={lengths_k[b]}, its row {row - bounds[b]}): "
                                  f"{exc}") from None
+
+
+@pytest.mark.points(1)
+def test_varlen_backward_strongly_negative_logits(api, gen, device):
+    """lse < -88 and a partial last key block, through flash_attention_varlen (the dense function without
+    dropout is Phase 4's): the varlen dQ kernel's padded keys must be masked (Phase 4's case, issue 21)."""
+    q, k, v, do = negative_logits_inputs(gen, device)
+    Nq, Nk = q.shape[2], k.shape[2]
+    packed = [x[0].transpose(0, 1).contiguous() for x in (q, k, v, do)]  # (N, H, D), one sequence
+    cu_q, cu_k = (torch.tensor([0, n], dtype=torch.int32, device=device) for n in (Nq, Nk))
+    got = graded_call(_forward_backward(lambda a, b, c: api.flash_attention_varlen(
+        a, b, c, cu_q, cu_k, Nq, Nk, sm_scale=NEGATIVE_LOGITS_SCALE)), *packed,
+        what="flash_attention_varlen forward + backward")
+    assert_negative_logits_grads([g.transpose(0, 1)[None] for g in got[1:]], q, k, v, do)
 
 
 VARLEN_CASES = [

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from grader import aot, bench, distributed, footprint, impl, numerics, timing, variants
+from grader.checks import blame_nan_on_reads, check_backward_negative_logits
 from grader.honesty import HonestyError, _count_triton_launches, graded_call, tensors_in, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, randn
-from grader.phases import test_phase3 as phase3
 
 PHASE = 7
 gpu = pytest.mark.tier("gpu")
@@ -192,10 +192,10 @@ def test_window_never_reads_keys_right_of_band(api, gen, device):
     them and masks the scores multiplies NaN values of v by p = 0: NaN. Skipping their blocks keeps o finite."""
     q, k, v = inputs(1, 2, 1, 32, 512, 32, torch.float16, device, gen)
     kp, vp = _poisoned_rows(k, slice(256, None)), _poisoned_rows(v, slice(256, None))
-    phase3._blame_nan_on_reads(lambda: check_forward(api, q, kp, vp, window=(4, 4), ref_kv=(k, v)),
-                        lambda: check_forward(api, q, k, v, window=(4, 4)), "keys 256..",
-                        "o has NaN only when keys 256.., which no query sees under window (4, 4), hold NaN: the kernel "
-                        "loads them; blocks outside the window must be skipped")
+    blame_nan_on_reads(lambda: check_forward(api, q, kp, vp, window=(4, 4), ref_kv=(k, v)),
+                       lambda: check_forward(api, q, k, v, window=(4, 4)), "keys 256..",
+                       "o has NaN only when keys 256.., which no query sees under window (4, 4), hold NaN: the kernel "
+                       "loads them; blocks outside the window must be skipped")
 
 
 # ---------------------------------------------------------------- backward on its own
@@ -280,6 +280,13 @@ def test_flash_attention_autograd(api, gen, device, B, H, H_kv, N, D, causal, wi
     o64, _, *ref = variants.reference_grads(q, k, v, do, mask, sm_scale, softcap)
     base = variants.baseline_grads(q, k, v, do, mask, sm_scale, softcap)
     check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), base, q.dtype)
+
+
+@pytest.mark.points(1)
+def test_backward_strongly_negative_logits(api, gen, device):
+    """lse < -88 and a partial last key block, through autograd: the dQ kernel's padded keys must be
+    masked (Phase 4's case, issue 21)."""
+    check_backward_negative_logits(api, gen, device, through_autograd=True)
 
 
 @pytest.mark.points(2)
@@ -436,7 +443,7 @@ def test_decode_reads_nothing_past_seqlen(api, gen, device):
     for b, n in enumerate(seqlens.tolist()):
         kp[b, :, n:], vp[b, :, n:] = float("nan"), float("nan")
     for splits in (1, 4):
-        phase3._blame_nan_on_reads(
+        blame_nan_on_reads(
             lambda: check_decode(api, q, kp, vp, seqlens, num_splits=splits, ref_cache=(k, v)),
             lambda: check_decode(api, q, k, v, seqlens, num_splits=splits), "cache rows past the length",
             f"num_splits={splits}: o has NaN only when the cache rows past each sequence's length hold NaN: the "

@@ -73,6 +73,15 @@ MUTANTS = [
     Mutant("p4-dq-causal-unmasked-past-diagonal", BWD,
            (("mid = tl.minimum(start_m, n_k_full)", "mid = n_k_full"),),
            "causal: the unmasked key sweep of dQ runs past the diagonal", tests=KERNEL_TESTS),
+    Mutant("p4-dq-no-key-tail-mask", BWD,
+           (("            keep = in_k\n            if CAUSAL:\n"
+             "                keep = keep & (offs_n[None, :] <= offs_m[:, None])\n"
+             "            p = tl.where(keep, p, 0.0)\n",
+             "            if CAUSAL:\n                p = tl.where(offs_n[None, :] <= offs_m[:, None], p, 0.0)\n"),),
+           "the dQ kernel masks only the causal diagonal, not the padded keys of its last, partial key block",
+           tests=KERNEL_TESTS,
+           killed_by="test_backward_strongly_negative_logits (issue 21: a padded key's p = exp(-lse) is harmless "
+                     "times k = 0 until lse < -88 makes it inf, and inf * 0 = NaN)"),
     Mutant("p4-dq-lse-natural-log", BWD,
            (("p = tl.math.exp2(s * qk_scale - lse2[:, None])", "p = tl.math.exp(s * qk_scale - lse2[:, None])"),),
            "dQ kernel: exp instead of exp2 when recomputing P in log2 units", tests=KERNEL_TESTS),

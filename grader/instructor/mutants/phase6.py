@@ -7,6 +7,14 @@ DROPOUT_TESTS = "dropout or mask or seed or kept"
 VARLEN_TESTS = "varlen"
 
 MUTANTS = [
+    Mutant("p6-dq-no-key-tail-mask", BWD,
+           (("            keep = in_k\n            if CAUSAL:\n"
+             "                keep = keep & (offs_n[None, :] <= offs_m[:, None])\n"
+             "            p = tl.where(keep, p, 0.0)\n",
+             "            if CAUSAL:\n                p = tl.where(offs_n[None, :] <= offs_m[:, None], p, 0.0)\n"),),
+           "the varlen dQ kernel masks only the causal diagonal, not the padded keys of its last key block",
+           tests=VARLEN_TESTS,
+           killed_by="test_varlen_backward_strongly_negative_logits (issue 21: exp(-lse) = inf when lse < -88)"),
     # ---------------------------------------------------------------- the mask
     Mutant("p6-backward-redraws-mask", BWD,
            (("keepT = dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], MAX_Q, MAX_K, dropout_p)",

@@ -10,6 +10,12 @@ FORWARD_TESTS, BACKWARD_TESTS, AUTOGRAD_TESTS, DECODE_TESTS, RINGS = (
     "(forward and not ring) or gqa_reads or window_never", "backward and not ring", "autograd", "decode", "ring")
 
 MUTANTS = [
+    Mutant("p7-dq-no-key-tail-mask", BWD,
+           (("p = tl.where(_visible(offs_m[:, None], offs_n[None, :], N_K, WIN_LEFT, WIN_RIGHT), p, 0.0)",
+             "p = tl.where(_visible(offs_m[:, None], offs_n[None, :], N_K + 4096, WIN_LEFT, WIN_RIGHT), p, 0.0)"),),
+           "the dQ kernel's mask keeps the band but not the key tail: padded keys past N_K get p = exp(-lse)",
+           tests=BACKWARD_TESTS,
+           killed_by="test_backward_strongly_negative_logits (issue 21: exp(-lse) = inf when lse < -88)"),
     # ---------------------------------------------------------------- grouped heads
     Mutant("p7-gqa-heads-interleaved", FWD,
            (("off_kh = off_h // GROUP", "off_kh = off_h % GROUP"),),

@@ -5,6 +5,7 @@ an experiment here answers one question once, and the comment or lesson that sta
 the data it wrote under assets/. Each runs by hand on a CUDA GPU, from the repository root:
 
     python -m grader.lessons.experiments.phase4_memory       Phase 4's memory test, outside the grader
+    python -m grader.lessons.experiments.phase5_vs_previous  Phase 5's bars: against Phases 3/4 and cuDNN
     python -m grader.lessons.experiments.phase6_varlen       varlen against dense, by cu_seqlens check
     python -m grader.lessons.experiments.phase7_variants     decode configs, GQA backward orders
     python -m grader.lessons.experiments.phase7_decode_graph flash_decode replayed from a CUDA graph, by config
