@@ -8,7 +8,7 @@ GPU 2e-3 for fp32). The output o is judged against SDPA's own error, as in every
 import pytest
 import torch
 
-from grader import aot, bench, impl, numerics, timing
+from grader import aot, bench, numerics, remote, timing
 from grader.honesty import graded_call, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, qkv_past_int32
 
@@ -275,7 +275,7 @@ def _spec(dtype, D, causal, config, arch):
 
 
 def _compile_specs():
-    forward = impl.load_module(PHASE, "forward")
+    forward = remote.load_module(PHASE, "forward")
     specs, seen = [], set()
     for (D, causal, _), config in sorted(getattr(forward, "HOPPER_CONFIGS", {}).items()):
         for dtype in (("fp16", "bf16") if D in (64, 128) else ("bf16",)):

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from grader import aot, bench, cost, impl, numerics, runtime, timing
+from grader import aot, bench, cost, numerics, remote, runtime, timing
 from grader.honesty import graded_call, tensors_in, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, randn
 
@@ -241,7 +241,7 @@ def test_training_matches_sdpa(api, gen, device):
 
 # ---------------------------------------------------------------- compile tier
 def _kernel_specs():
-    cfg = impl.load_module(PHASE, "backward")
+    cfg = remote.load_module(PHASE, "backward")
     ptr = lambda t: f"*{t}"
     stride3 = lambda p: [f"stride_{p}{s}" for s in "bhn"]
     specs = []

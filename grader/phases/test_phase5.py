@@ -9,7 +9,7 @@ on an H100, measured in the same run.
 import pytest
 import torch
 
-from grader import aot, bench, impl
+from grader import aot, bench, remote
 from grader.honesty import graded_call, timed
 from grader.inputs import FLOAT, qkv, randn
 from grader.phases import test_phase3 as phase3
@@ -133,7 +133,7 @@ def _spec(dtype, D, causal, cfg, tma, arch):
 
 
 def _compile_specs():
-    forward = impl.load_module(PHASE, "forward")
+    forward = remote.load_module(PHASE, "forward")
     specs, seen = [], set()
     for (D, causal, _), cfg in sorted(forward.PINNED["sm_90"].items(), key=str):
         if D in (64, 128) and (D, causal, cfg) not in seen:

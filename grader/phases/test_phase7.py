@@ -15,7 +15,7 @@ import hashlib
 import pytest
 import torch
 
-from grader import aot, bench, distributed, footprint, impl, numerics, timing, variants
+from grader import aot, bench, distributed, footprint, impl, numerics, remote, timing, variants
 from grader.honesty import HonestyError, _count_triton_launches, graded_call, tensors_in, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, randn
 from grader.phases import test_phase3 as phase3
@@ -454,7 +454,7 @@ def _ring_rank(rank, world, payload):
 
     if payload["device"] == "cuda":
         torch.cuda.set_device(0)
-    api = impl.load(PHASE)
+    api = remote.load(PHASE)
     results = {}
     for name, case in payload["cases"].items():
         n = case["q"].shape[2] // world
@@ -595,8 +595,8 @@ def _compile_specs():
     """The kernels and configurations that matter most (each compile takes seconds on a CPU): sm_90's
     launches at D = 96 (padded), 128 and 256 with and without the cap, and sm_80's D = 256, where the
     tiles come closest to the shared memory."""
-    options = impl.load_module(PHASE, "options")
-    fwd, bwd = impl.load_module(PHASE, "forward"), impl.load_module(PHASE, "backward")
+    options = remote.load_module(PHASE, "options")
+    fwd, bwd = remote.load_module(PHASE, "forward"), remote.load_module(PHASE, "backward")
     specs = [_forward_spec(options, "bf16", D, fwd.CONFIGS_SM90[options.block_d(D)], softcap, 90)
              for D, softcap in ((128, False), (256, False), (96, True))]
     specs += _backward_specs(options, "bf16", 128, bwd.CONFIGS_SM90[128], False, 90)
