@@ -1,10 +1,10 @@
 """Grade many submissions of one phase into a gradebook: `make grade-all SUBMISSIONS=DIR PHASE=N`.
 
 Each folder of DIR is one submission shaped like `exercises/` (DIR/alice/phase0/..., DIR/bob/...).
-Each is graded from a temporary copy of DIR/<name> (`python -m grader grade --impl COPY`), in a process
-of its own, in a session of its own, under a time limit: a submission that crashes the interpreter, hangs or loops forever is
-killed (with everything it started) and costs only its own points. Results go to OUT (default
-build/grade-all/phaseN):
+Each is graded from a temporary copy of DIR/<name> (`python -m grader grade --impl COPY`), in a
+process of its own, in a session of its own, under a time limit: a submission that crashes the
+interpreter, hangs or loops forever is killed (with everything it started) and costs only its own
+points. Results go to OUT (default build/grade-all/phaseN):
 
     OUT/reports/<name>.json   the grader's JSON report for each submission, plus `status`, `exit` and
                               a digest of the graded files; written last and atomically, so that its

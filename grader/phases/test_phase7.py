@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from grader import aot, bench, distributed, footprint, impl, numerics, remote, timing, variants
-from grader.honesty import HonestyError, _count_triton_launches, graded_call, tensors_in, timed
+from grader.honesty import HonestyError, graded_call, tensors_in, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, randn
 from grader.phases import test_phase3 as phase3
 
@@ -447,36 +447,6 @@ RING_CASES = {
 _RING_RESULTS = {}
 
 
-def _ring_rank(rank, world, payload):
-    """In each rank's process: its slices of q, k, v and dO through ring_attention, forward and backward,
-    under the grader's honesty rules."""
-    import torch
-
-    if payload["device"] == "cuda":
-        torch.cuda.set_device(0)
-    api = remote.load(PHASE)
-    results = {}
-    for name, case in payload["cases"].items():
-        n = case["q"].shape[2] // world
-        rows = slice(rank * n, (rank + 1) * n)
-        q, k, v, do = (case[t][:, :, rows].to(payload["device"]) for t in ("q", "k", "v", "do"))
-
-        def run(q, k, v, do):
-            qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
-            o = api.ring_attention(qg, kg, vg, causal=case["causal"])
-            return (o.detach(), *torch.autograd.grad(o, (qg, kg, vg), do))
-        with _count_triton_launches() as launches:
-            # The result is merged by PyTorch (merge_partials), so it is not required to come from a kernel
-            # store; launching kernels, not calling torch's attention, softmax or matmul, leaving inputs
-            # unchanged still are.
-            out = graded_call(run, q, k, v, do, what="ring_attention", triton=False)
-        if launches.count == 0:
-            raise HonestyError("ring_attention launched no Triton kernel: the blocks must run on your kernels",
-                               function="ring_attention")
-        results[name] = [t.detach().cpu() for t in out]
-    return results
-
-
 def _ring_results(device):
     if device not in _RING_RESULTS:
         world, cases = RING_CASES["gpu" if device == "cuda" else "interpreter"]
@@ -484,13 +454,13 @@ def _ring_results(device):
 
         seed = int.from_bytes(hashlib.sha256(f"{base_seed()[0]}:ring".encode()).digest()[:4], "little")
         gen = torch.Generator().manual_seed(seed)
-        payload = {"device": device, "cases": {}}
+        payload = {"device": device, "tree": impl.tree(), "cases": {}}
         for name, (B, H, H_kv, n, D, causal, dtype) in cases.items():
             q, k, v = inputs(B, H, H_kv, n * world, n * world, D, dtype, "cpu", gen)
             payload["cases"][name] = {"q": q, "k": k, "v": v, "do": randn(q.shape, dtype, "cpu", gen),
                                       "causal": causal}
         try:
-            ranks = distributed.run("grader.phases.test_phase7:_ring_rank", world, payload, timeout=240)
+            ranks = distributed.run("grader.ring:rank_main", world, payload, timeout=240)
             _RING_RESULTS[device] = ("ok", world, payload, ranks)
         except distributed.RankError as exc:
             _RING_RESULTS[device] = ("error", world, exc)
