@@ -1,10 +1,11 @@
 """Grade in a child process, so that a kernel that crashes the process costs only its own test.
 
 A store past the end of a tensor can kill the whole Python process (a segfault, `Fatal Python
-error: Aborted` when the heap is found corrupted, a lost CUDA context on the GPU). The grading
-session therefore runs in a child process (`pytest -p grader.plugin --progress FILE`) that writes
-every result to FILE as soon as its test ends, and this process, which imports neither torch nor
-Triton, reads FILE:
+error: Aborted` when the heap is found corrupted, a lost CUDA context on the GPU). The graded code
+runs in a worker (grader.worker) of the grading session, which runs in a child process (`pytest -p
+grader.plugin --progress FILE`) that writes every result to FILE as soon as its test ends; when
+the worker dies, the child writes the worker's exit status and last kernel to FILE and exits too
+(grader/ARCHITECTURE.md). This process, which imports neither torch nor Triton, reads FILE:
 
 - the child ends normally: nothing more to do (one extra Python start-up, about 0.1 s);
 - the child dies during test T: T fails with "the process crashed in `<kernel>`", naming the last

@@ -95,6 +95,9 @@ class Worker:
         self.replies, from_worker = os.pipe()
         self.kernel_file = os.path.join(self.home, "kernel.txt")
         self.log = open(os.path.join(self.home, "worker.log"), "w+")
+        user = _worker_user()
+        if user:  # FA_WORKER_USER: the worker's own folder is the one place it may write
+            os.chown(self.home, user["user"], user["group"])
         cmd = [sys.executable, "-m", "grader.worker", "--tree", self.tree, "--requests", str(to_worker),
                "--replies", str(from_worker), "--kernel-file", self.kernel_file]
         if self.crash_log:

@@ -284,7 +284,10 @@ def main(argv=None) -> int:
     parser.add_argument("--crash-log", default=None)
     args = parser.parse_args(argv)
     if args.crash_log:  # grader.isolation names the kernel line from the Python traceback of a crash
-        faulthandler.enable(open(args.crash_log, "a"))
+        try:
+            faulthandler.enable(open(args.crash_log, "a"))
+        except OSError:  # run as another user (FA_WORKER_USER), who may not write there: to stderr
+            faulthandler.enable()
     sys.meta_path.insert(0, _HideGrader())
     from grader import bounds, runtime
 

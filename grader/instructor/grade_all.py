@@ -137,6 +137,8 @@ class Grader:
                 # beside it, and what it writes lands in the copy, deleted afterwards. The report is
                 # written by the grading process, which never runs the submission's code (grader.remote).
                 copy_root = tempfile.mkdtemp(prefix="fa-grade-all-")
+                if settings.WORKER_USER.is_set():
+                    os.chmod(copy_root, 0o755)  # the worker's user reads the copy (see INSTRUCTORS.md)
                 copy = Path(copy_root) / sub.name
                 shutil.copytree(sub, copy, symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
                 proc = subprocess.Popen(
