@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from grader import settings
 from grader.impl import ROOT
 from grader.instructor.generate import write_fresh
 from grader.instructor.tests import submissions
@@ -108,13 +109,13 @@ def test_the_secret_seed_is_not_in_the_workers_environment(tmp_path, stubs):
     leak = tmp_path / "leak.txt"
     folder = _evil(tmp_path, stubs, f"""
 import os
-open({str(leak)!r}, "a").write(repr(os.environ.get("FA_GRADER_SEED")) + "\\n")
+open({str(leak)!r}, "a").write(repr(dict(os.environ)) + "\\n")
 """)
-    proc, report, rows = submissions.grade(folder, PHASE, *ONLY, env={"FA_GRADER_SEED": "424242"}, timeout=300)
+    proc, report, rows = submissions.grade(folder, PHASE, *ONLY, env={settings.SEED.name: "424242"}, timeout=300)
     _assert_zero(proc, report, rows)
     assert report["seed"] == "secret"
     seen = leak.read_text()  # the worker ran the appended lines, and saw no seed
-    assert "None" in seen and "424242" not in seen
+    assert "PATH" in seen and "424242" not in seen
 
 
 def test_the_hidden_graders_are_not_importable_from_the_worker(tmp_path, stubs):
