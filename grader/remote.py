@@ -121,6 +121,9 @@ class Worker:
 
         for cheat in reply.get("cheats", []):
             usage.note_cheat(cheat["function"], cheat["reason"])
+        if "footprint" in reply and _watched:
+            fp = _watched[-1][0]
+            fp.merge(reply["footprint"], len(fp.programs) + 1)
         if channel.ERROR in reply:
             raise rebuild_error(reply[channel.ERROR])
         return wrap(reply["value"], self)
@@ -282,6 +285,7 @@ def wrap(value, worker: Worker):
 
 
 _graded: list[dict] = []  # the rules of the graded closures running now (innermost last)
+_watched: list = []       # grader.footprint: (footprint, tensors by name) whose loads the worker records
 _recordings: list = []    # grader.remote.timed: the calls of the function being prepared for a timing
 
 
@@ -293,6 +297,29 @@ def graded(what, forbid, triton):
         yield
     finally:
         _graded.pop()
+
+
+@contextlib.contextmanager
+def watching(fp, tensors: dict):
+    """The worker records the loads of these tensors (its copies of them) in the calls inside."""
+    _watched.append((fp, tensors))
+    try:
+        yield
+    finally:
+        _watched.pop()
+
+
+def _watch(args, kwargs) -> dict:
+    """name -> where the watched tensor is among this call's arguments."""
+    if not _watched:
+        return {}
+    found = {}
+    for name, t in _watched[-1][1].items():
+        for where, key, a in [("arg", i, a) for i, a in enumerate(args)] + [("kw", k, a) for k, a in kwargs.items()]:
+            if a is t:
+                found[name] = (where, key)
+                break
+    return found
 
 
 def _differentiated(args, kwargs) -> list:
@@ -307,14 +334,15 @@ def call(target: Remote, args, kwargs, spec):
     worker = target._fa_worker
     grad = _differentiated(args, kwargs)
     if not grad:
-        out = worker.request(op="call", target=target, args=_detached(args), kwargs=_detached(kwargs), graded=spec)
+        out = worker.request(op="call", target=target, args=_detached(args), kwargs=_detached(kwargs), graded=spec,
+                             watch=_watch(args, kwargs))
         _record({"op": "call", "target": target, "args": list(args), "kwargs": dict(kwargs), "grad": []}, out)
         return out
     tensors = [args[k] if where == "arg" else kwargs[k] for where, k in grad]
 
     def forward():
         return worker.request(op="call", target=target, args=_detached(args), kwargs=_detached(kwargs),
-                              graded=spec, grad=grad)
+                              graded=spec, grad=grad, watch=_watch(args, kwargs))
     step = {"op": "call", "target": target, "args": list(args), "kwargs": dict(kwargs), "grad": grad}
     return _WorkerFunction.apply(forward, spec, worker, step, *tensors)
 

@@ -12,6 +12,7 @@ float64 references, and what the worker reports about the call (violations of th
 what autograd saved, timings) is advisory: the graded code runs here and could forge it.
 """
 import argparse
+import contextlib
 import faulthandler
 import gc
 import importlib.abc
@@ -37,6 +38,7 @@ class Worker:
         self.ids: dict[int, int] = {}  # id(object) -> handle: the same object keeps its handle
         self.graphs: dict[int, tuple] = {}
         self.memory_before = None
+        self.footprint = None  # the loads of the last watched call (grader.footprint)
         if kernel_file:
             self._note_launches(kernel_file)
 
@@ -118,7 +120,9 @@ class Worker:
             holder = args if where == "arg" else kwargs
             holder[key] = holder[key].detach().requires_grad_()
             leaves.append(holder[key])
-        with torch.enable_grad() if leaves else torch.no_grad():
+        watched = {name: args[k] if where == "arg" else kwargs[k] for name, (where, k) in
+                   (request.get("watch") or {}).items()}
+        with torch.enable_grad() if leaves else torch.no_grad(), self._watching(watched):
             out = self._run(lambda: fn(*args, **kwargs), request.get("graded"), name=getattr(fn, "__name__", None))
         if not leaves:
             return self.encode(out)
@@ -131,6 +135,18 @@ class Worker:
             self.graphs[graph] = (outs, leaves)
         return {"value": self.encode(out), "graph": graph, "differentiable": differentiable,
                 "saved": [(tuple(t.shape), t.dtype) for t in _saved_by(outs)]}
+
+    @contextlib.contextmanager
+    def _watching(self, tensors: dict):
+        """Record which rows of `tensors` each program loads (grader.footprint), for the grader."""
+        if not tensors:
+            yield
+            return
+        from grader import footprint
+
+        with footprint.record_loads(**tensors) as fp:
+            yield
+        self.footprint = fp.plain()
 
     def backward(self, request: dict):
         import torch
@@ -305,6 +321,8 @@ def main(argv=None) -> int:
         usage.reset()
         try:
             reply = {"value": worker.serve(request), "cheats": usage.snapshot()["cheats"]}
+            if worker.footprint is not None:
+                reply["footprint"], worker.footprint = worker.footprint, None
         except BaseException as exc:  # noqa: BLE001 -- the graded code's error, carried to the grader
             reply = _error(exc, worker)
         try:
