@@ -214,6 +214,10 @@ class GradingSession:
         report = yield
         if call.excinfo is not None and not call.excinfo.errisinstance(pytest.skip.Exception):
             report.grader_message = messages.describe(call.excinfo)
+            shown = next((link.worker_traceback for link in messages.chain(call.excinfo.value)
+                          if getattr(link, "worker_traceback", "")), "")
+            if shown:  # the graded code's own traceback, from the worker (make grade TEST=... shows it)
+                report.sections.append(("traceback in the graded code (the worker)", shown))
             if self.progress and GPU_FAULT.search(str(call.excinfo.value)):
                 kernel = remote.last_kernel() or "a Triton kernel"
                 self.gpu_fault = report.grader_message = (

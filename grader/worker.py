@@ -287,7 +287,7 @@ def _error(exc: BaseException, worker) -> dict:
         if len(chain) >= 8:
             break
     return {ERROR: {"chain": chain, "where": messages.where_in_course(exc),
-                    "traceback": "".join(traceback.format_exception(exc))[-4000:]},
+                    "traceback": "".join(traceback.format_exception(exc))[-20000:]},
             "cheats": usage.snapshot()["cheats"]}
 
 
