@@ -19,7 +19,6 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 
 from grader import impl, settings, usage
-from grader.impl import ROOT
 
 ARCHS = (80, 90)
 # Bytes of shared memory one program may opt into, per architecture (A100, H100).
@@ -44,11 +43,18 @@ class KernelSpec:
 
 def compile_all(phase: int, tree: str, specs: list[KernelSpec], timeout: int = 300) -> list[dict]:
     usage.note_modules(s.module for s in specs)  # these points belong to the functions of these modules
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    from grader import remote
+
+    # This child imports the graded code: no instructor secret in its environment, a working directory
+    # of its own; its JSON answer is parsed, never unpickled (advisory: the graded code could forge it).
+    env = {k: v for k, v in remote.worker_env().items() if k != "TRITON_INTERPRET"}
     env[settings.IMPL.name] = tree
+    if remote.tree_is_path(tree) or tree.startswith(impl.SUBMISSION_PREFIX):
+        env["PYTHONPATH"] = os.pathsep.join([str(impl.links_dir()), env["PYTHONPATH"]])
     request = json.dumps({"phase": phase, "specs": [asdict(s) for s in specs]})
-    proc = subprocess.run([sys.executable, "-m", "grader.aot"], input=request, capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="fa-aot-") as home:
+        proc = subprocess.run([sys.executable, "-m", "grader.aot"], input=request, capture_output=True,
+                              text=True, cwd=home, env=env, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"the compile tier's child process failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -90,8 +90,11 @@ def run(target: str, world_size: int, payload, timeout: float = 180.0) -> list:
         port = free_port()
         procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, target, str(payload_path), out_dir),
                              daemon=True) for r in range(world_size)]
-        for p in procs:
-            p.start()
+        from grader import remote
+
+        with remote.secrets_hidden():  # a rank runs the graded code: no instructor secret in its environment
+            for p in procs:
+                p.start()
         import time
 
         deadline = time.monotonic() + timeout
@@ -105,7 +108,8 @@ def run(target: str, world_size: int, payload, timeout: float = 180.0) -> list:
         results = []
         for r in range(world_size):
             path = Path(out_dir) / f"rank{r}.pt"
-            results.append(torch.load(path, weights_only=False) if path.exists() else None)
+            # weights_only: tensors and plain data only; a rank's pickle must not run code here
+            results.append(torch.load(path, weights_only=True) if path.exists() else None)
     errors = [(r, res["error"]) for r, res in enumerate(results) if res and "error" in res]
     # A rank's own error explains the others' (a peer that died leaves them waiting or failing).
     for r, err in sorted(errors, key=lambda e: "gloo" in e[1]["message"].lower() or "connection" in

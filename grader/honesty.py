@@ -21,8 +21,17 @@ Afterwards:
 A `HonestyError` with `cheat=True` means the result was computed outside Triton: the grader then
 scores the whole function 0 in this phase (see grader.scoring), not only the test that caught it.
 
-This protects a grade from honest mistakes and lazy shortcuts, not from hostile code: student
-code runs with the grader's permissions and could undo any of it (see the instructors' docs).
+These rules run in the worker (grader.worker), where the graded code runs: the grading process
+sends `graded_call(api.fn, ...)` there (grader.remote) and gets the outputs, or the rule broken,
+back. They protect a grade from honest mistakes and lazy shortcuts, not from hostile code, which
+could undo them in its own process; what hostile code cannot reach is the verdict: the outputs are
+compared with the float64 references, and the points computed, in the grading process (see
+grader/ARCHITECTURE.md).
+
+The rules hold inside autograd's backward too: the engine runs a custom Function's backward with
+the torch function modes switched off, so each backward is run with the call's mode entered again
+(`_modes_in_backward`): a backward computed in PyTorch and copied into the kernels' buffers fails
+like a forward would, and its `torch.empty` outputs start as NaN.
 """
 import contextlib
 import dataclasses
@@ -248,7 +257,14 @@ def _count_triton_launches():
 
 @contextlib.contextmanager
 def record_launches():
-    """The Triton kernels launched inside the block, in order: a list of KernelLaunch."""
+    """The Triton kernels launched inside the block, in order: a list of KernelLaunch. In the grading
+    process, the kernels the worker launched for the calls inside (grader.remote)."""
+    from grader import remote
+
+    if remote.active():
+        with remote.recording_launches() as kernels:
+            yield kernels
+        return
     with _count_triton_launches() as launches:
         yield launches.kernels
 
@@ -276,9 +292,37 @@ def _check_written_by_kernels(out, what, mode):
                 "nor kept from an earlier call", cheat=True, function=what)
 
 
+@contextlib.contextmanager
+def _modes_in_backward(mode):
+    """Enter `mode` again in every custom autograd Function's backward (the engine turns modes off)."""
+    from torch.autograd.function import BackwardCFunction
+
+    original = BackwardCFunction.apply
+
+    def apply(self, *args):
+        with mode:
+            return original(self, *args)
+    BackwardCFunction.apply = apply
+    try:
+        yield
+    finally:
+        BackwardCFunction.apply = original
+
+
 def graded_call(fn, *args, what=None, forbid=("sdpa", "softmax", "matmul"), triton=True, mutable=(), **kwargs):
     """Call `fn(*args, **kwargs)` under the rules above and return its result. `mutable` names keyword
-    arguments the function writes by contract (a KV cache it appends to): the test checks those itself."""
+    arguments the function writes by contract (a KV cache it appends to): the test checks those itself.
+
+    In the grading process (grader.remote.active()), the rules travel with the calls to the worker:
+    `fn` itself when it is the graded code's function, else every call `fn` makes to the worker."""
+    from grader import remote
+
+    if remote.active():
+        if isinstance(fn, remote.Remote):
+            return remote.call(fn, args, kwargs, {"what": what, "forbid": tuple(forbid or ()), "triton": triton,
+                                                  "mutable": tuple(mutable)})
+        with remote.graded(what or getattr(fn, "__name__", None), forbid, triton):
+            return fn(*args, **kwargs)
     what = what or getattr(fn, "__name__", "the graded function")
     named = {f"argument {i}": a for i, a in enumerate(args)} | dict(kwargs.items())
     clones = {k: v.clone() for k, v in named.items() if isinstance(v, torch.Tensor) and k not in mutable}
@@ -286,7 +330,7 @@ def graded_call(fn, *args, what=None, forbid=("sdpa", "softmax", "matmul"), trit
     with tracking as written, _count_triton_launches() as launches:
         # Under the interpreter the stores are seen; on a GPU, what the kernels were given counts.
         mode = _GradedCallMode(forbid, what, written if written is not None else launches.storages)
-        with mode:
+        with mode, _modes_in_backward(mode):
             try:
                 out = fn(*args, **kwargs)
             except BaseException:
@@ -316,6 +360,10 @@ def timed(fn, *inputs, what=None):
     and during the timing, every call must launch a Triton kernel.
     """
     what = what or "the timed call"
+    from grader import remote
+
+    if remote.active():  # the worker replays fn's calls, checked as below, and times them there
+        return remote.timed(fn, inputs, what)
     first = [t.clone() for _, t in _returned_tensors(graded_call(fn, what=what))]
     changed = [(t, t.clone()) for t in inputs if isinstance(t, torch.Tensor) and 0 not in t.stride()]
     cached = (f"{what} did not compute a new result after its inputs changed in place (same memory, new "

@@ -78,9 +78,10 @@ def _refuse_solutions() -> None:
         sys.meta_path.insert(0, _RefuseSolutions())
 
 
-def tree() -> str:
-    """The importable name of the graded tree: exercises, solutions or a submission's package."""
-    name = settings.IMPL.get()
+def tree(name: str | None = None) -> str:
+    """The importable name of the graded tree `name` (default: FA_IMPL): exercises, solutions or a
+    submission's package. The grader's worker (grader.worker) is given its tree explicitly."""
+    name = name or settings.IMPL.get()
     if name in TREES:
         return name
     if name.startswith(SUBMISSION_PREFIX) and (links_dir() / name).is_dir():  # a child process
@@ -101,14 +102,15 @@ def label() -> str:
     return name if name in TREES or not Path(name).is_dir() else str(Path(name).resolve())
 
 
-def load(phase: int):
-    """Import `<tree>.phase<phase>`, the package whose public API the grader calls."""
-    return importlib.import_module(f"{tree()}.phase{phase}")
+def load(phase: int, name: str | None = None):
+    """Import `<tree>.phase<phase>`, the package whose public API the grader calls (in the worker only:
+    the grading process reaches it through grader.remote)."""
+    return importlib.import_module(f"{tree(name)}.phase{phase}")
 
 
-def load_module(phase: int, module: str):
-    """Import one module of a phase (graders reach kernels there for the compile tier)."""
-    return importlib.import_module(f"{tree()}.phase{phase}.{module}")
+def load_module(phase: int, module: str, name: str | None = None):
+    """Import one module of a phase (its configurations, its kernels for the compile tier)."""
+    return importlib.import_module(f"{tree(name)}.phase{phase}.{module}")
 
 
 # A child process (the compile tier) grading a submission refuses the solutions from its start.

@@ -1,10 +1,11 @@
 """Grade in a child process, so that a kernel that crashes the process costs only its own test.
 
 A store past the end of a tensor can kill the whole Python process (a segfault, `Fatal Python
-error: Aborted` when the heap is found corrupted, a lost CUDA context on the GPU). The grading
-session therefore runs in a child process (`pytest -p grader.plugin --progress FILE`) that writes
-every result to FILE as soon as its test ends, and this process, which imports neither torch nor
-Triton, reads FILE:
+error: Aborted` when the heap is found corrupted, a lost CUDA context on the GPU). The graded code
+runs in a worker (grader.worker) of the grading session, which runs in a child process (`pytest -p
+grader.plugin --progress FILE`) that writes every result to FILE as soon as its test ends; when
+the worker dies, the child writes the worker's exit status and last kernel to FILE and exits too
+(grader/ARCHITECTURE.md). This process, which imports neither torch nor Triton, reads FILE:
 
 - the child ends normally: nothing more to do (one extra Python start-up, about 0.1 s);
 - the child dies during test T: T fails with "the process crashed in `<kernel>`", naming the last
@@ -47,6 +48,8 @@ class _Run:
         self.ended = any("end" in e for e in events)
         self.order = [e["test"] for e in events if e.get("when") == "setup"]
         self.crash_log = crash_log
+        # The worker (grader.worker) died in a test: its status, not the grading process's, names the crash.
+        self.died_with = next((e["worker_died"] for e in events if "worker_died" in e), rc)
         self.kernel = None  # the last kernel launched, and the test running when the process died
         self.running = self.when = None
         for e in events:
@@ -89,15 +92,19 @@ def _kernel_line(crash_log: str) -> str:
     return ""
 
 
-def _crash_message(run: _Run) -> str:
-    if run.rc >= 0:  # an exit, not a signal: os._exit or sys.exit somewhere in the graded code
-        return (f"the process exited (status {run.rc}) in the middle of this test: graded code must not end "
+def crash_message(returncode: int, kernel: str | None, crash_log: str) -> str:
+    if returncode >= 0:  # an exit, not a signal: os._exit or sys.exit somewhere in the graded code
+        return (f"the process exited (status {returncode}) in the middle of this test: graded code must not end "
                 "the process (os._exit, sys.exit); the other tests ran in a fresh process")
-    where = _kernel_line(run.crash_log)
-    kernel = (f"in `{run.kernel}` (the last Triton kernel launched{', at ' + where if where else ''})" if run.kernel
+    where = _kernel_line(crash_log)
+    kernel = (f"in `{kernel}` (the last Triton kernel launched{', at ' + where if where else ''})" if kernel
               else f"before any Triton kernel ran{' (at ' + where + ')' if where else ''}")
-    return (f"the process crashed {kernel} with {_death(run.rc)}: usually a store or load without a mask, "
+    return (f"the process crashed {kernel} with {_death(returncode)}: usually a store or load without a mask, "
             "past the end of a tensor (the other tests ran in a fresh process)")
+
+
+def _crash_message(run: _Run) -> str:
+    return crash_message(run.died_with, run.kernel, run.crash_log)
 
 
 class Supervisor:
@@ -207,7 +214,7 @@ class Supervisor:
             rows[culprit] = self._crashed_row(
                 items[culprit], pair,
                 f"corrupted memory that crashed the process later, in {items[victim]['name']}, with "
-                f"{_death(pair.rc)}: usually a store without a mask, past the end "
+                f"{_death(pair.died_with)}: usually a store without a mask, past the end "
                 f"of a tensor ({items[victim]['name']} runs fine on its own)")
         else:  # not reproducible: charge the test that was running
             rows[victim] = self._crashed_row(items[victim], run)

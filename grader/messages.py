@@ -17,6 +17,9 @@ def _chain(exc):
         exc = exc.__cause__ or exc.__context__
 
 
+chain = _chain
+
+
 SUBMISSION_FILE = re.compile(r".*/fa_submission_[0-9a-f]+/")
 
 
@@ -37,10 +40,14 @@ def location(filename: str, lineno: int, code: str | None) -> str:
     return f"{course_path(filename) or filename}:{lineno}" + (f": {code[:90]}" if code else "")
 
 
-def _where_in_course(exc) -> str:
+def where_in_course(exc) -> str:
     """The innermost frame of graded code in the exception's chain: where the student should look.
     Triton's interpreter raises InterpreterError from the kernel's own error, whose traceback holds
-    the kernel's line; the InterpreterError's own stops at the launch."""
+    the kernel's line; the InterpreterError's own stops at the launch. An error of the graded code
+    that came from the worker (grader.remote) carries the line the worker found."""
+    for link in _chain(exc):
+        if getattr(link, "worker_where", None):
+            return link.worker_where
     for link in reversed(list(_chain(exc))):  # the innermost error first
         for frame in reversed(traceback.extract_tb(link.__traceback__)):
             if course_path(frame.filename):
@@ -71,7 +78,7 @@ def describe(excinfo) -> str:
         shown = exc.__cause__  # its own message is repr() of the kernel's error
         text = str(shown).strip().splitlines()
         first = text[0] if text else ""
-    return f"{type(shown).__name__}: {first}{_where_in_course(exc)}"
+    return f"{type(shown).__name__}: {first}{where_in_course(exc)}"
 
 
 def _fmt_points(x: float) -> str:

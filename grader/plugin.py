@@ -4,10 +4,17 @@ Loaded with `-p grader.plugin` by `python -m grader grade`. Test modules in grad
 each test with `@pytest.mark.points(n)` and, when it needs more than the correctness tier,
 `@pytest.mark.tier("compile" | "gpu" | "throughput")`.
 
+This process never imports the graded code: the `api` fixture is a proxy of the phase's package in
+a worker process (grader.remote, grader.worker), which runs each call and returns its outputs. The
+seed, the inputs, the references, the comparisons, the points and the report stay here (see
+grader/ARCHITECTURE.md).
+
 `python -m grader grade` runs this session in a child process with `--progress FILE` (see
-grader.isolation): the results then go to FILE test by test, and the supervising process, which
-survives a crash, prints the table and writes the report. Without `--progress` (pytest run by
-hand) the session prints and writes them itself.
+grader.isolation): the results then go to FILE test by test, and the supervising process prints the
+table and writes the report. When the worker dies in a test, this process hands its death to the
+supervisor (EXIT_WORKER_DIED), which names the crash and grades the rest with a fresh pair.
+Without `--progress` (pytest run by hand) the session prints and writes them itself, and a dead
+worker fails its test and is started again.
 """
 from grader import runtime
 
@@ -23,7 +30,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from grader import bounds, gpulock, hints, impl, messages, scoring, settings, tiers, usage, warmup  # noqa: E402
+from grader import gpulock, hints, impl, messages, remote, scoring, settings, tiers, usage, warmup  # noqa: E402
 
 PUBLIC_SEED = 0
 _CRASH_LOG = None  # kept open for faulthandler
@@ -43,8 +50,6 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "points(n): points this test is worth")
     config.addinivalue_line("markers", "tier(name): compile, gpu or throughput (default: correctness)")
-    if runtime.interpreting():
-        bounds.install()  # an unmasked store is named, instead of corrupting the heap
     if settings.CRASH_LOG.is_set() and config.getoption("progress") and not config.getoption("warm_shard"):
         # grader.isolation reads the Python traceback of a crash here, to name the kernel line
         import faulthandler
@@ -57,7 +62,13 @@ def pytest_configure(config):
 
         timing.compile_only = True  # a warm-up process compiles; it does not time (see grader.warmup)
         os.nice(5)  # the graded run beside it comes first for the CPU
+    # The graded tree, named explicitly to the worker (the worker's environment has no FA_IMPL).
+    remote.start_session(settings.IMPL.get(), settings.CRASH_LOG.get() if config.getoption("progress") else None)
     config.pluginmanager.register(GradingSession(config), "grading-session")
+
+
+def pytest_unconfigure(config):
+    remote.close()
 
 
 def base_seed() -> tuple[int, str]:
@@ -86,9 +97,9 @@ def device() -> str:
 
 @pytest.fixture
 def api(request):
-    """The graded phase's package (exercises.phaseN or solutions.phaseN), noting which functions a
-    test uses (a function caught cheating loses the points of every test that uses it)."""
-    return usage.RecordingAPI(impl.load(request.module.PHASE))
+    """The graded phase's package (exercises.phaseN or solutions.phaseN) in the worker, noting which
+    functions a test uses (a function caught cheating loses the points of every test that uses it)."""
+    return usage.RecordingAPI(remote.load(request.module.PHASE))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -126,6 +137,7 @@ def _points(item) -> float:
 GPU_FAULT = re.compile(r"illegal memory access|unspecified launch failure|misaligned address|"
                        r"device-side assert|CUDA error: an illegal|cudaErrorIllegalAddress")
 EXIT_GPU_FAULT = 75  # the child's exit status after a GPU fault (grader.isolation starts a new one)
+EXIT_WORKER_DIED = 76  # the child's exit status after its worker died in a test (grader.isolation)
 
 
 class Progress:
@@ -133,30 +145,11 @@ class Progress:
 
     def __init__(self, path):
         self.file = open(path, "a", buffering=1)
-        self.last_kernel = None
 
     def write(self, **event):
         self.file.write(json.dumps(event) + "\n")
         self.file.flush()
 
-    def kernel_launched(self, name):
-        if name != self.last_kernel:  # one line per change of kernel: cheap, and enough to name it
-            self.last_kernel = name
-            self.write(launch=name)
-
-
-def _note_launches(progress: Progress) -> None:
-    """Name the kernel being launched in the progress file, in case the launch crashes the process."""
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
-    for cls in (JITFunction, InterpretedFunction):
-        def wrap(original):
-            def run(self, *args, **kwargs):
-                progress.kernel_launched(getattr(self.fn, "__name__", "kernel"))
-                return original(self, *args, **kwargs)
-            return run
-        cls.run = wrap(cls.run)
 
 
 class GradingSession:
@@ -172,7 +165,15 @@ class GradingSession:
         self.warm_queue: dict[str, int] = {}
         self.claimed: set[str] = set()  # a warm-up process: the tests it took
         if self.progress:
-            _note_launches(self.progress)
+            remote.on_death = self.worker_died
+
+    def worker_died(self, returncode: int, kernel: str | None) -> None:
+        """The worker died in the running test: grader.isolation names the crash from these lines."""
+        if kernel:
+            self.progress.write(launch=kernel)
+        self.progress.write(worker_died=returncode)
+        sys.stdout.flush()
+        os._exit(EXIT_WORKER_DIED)
 
     def pytest_collection_modifyitems(self, config, items):
         for item in items:
@@ -213,8 +214,12 @@ class GradingSession:
         report = yield
         if call.excinfo is not None and not call.excinfo.errisinstance(pytest.skip.Exception):
             report.grader_message = messages.describe(call.excinfo)
+            shown = next((link.worker_traceback for link in messages.chain(call.excinfo.value)
+                          if getattr(link, "worker_traceback", "")), "")
+            if shown:  # the graded code's own traceback, from the worker (make grade TEST=... shows it)
+                report.sections.append(("traceback in the graded code (the worker)", shown))
             if self.progress and GPU_FAULT.search(str(call.excinfo.value)):
-                kernel = self.progress.last_kernel or "a Triton kernel"
+                kernel = remote.last_kernel() or "a Triton kernel"
                 self.gpu_fault = report.grader_message = (
                     f"the GPU reported a memory fault in `{kernel}` (the last kernel launched): usually a store or "
                     f"load without a mask; the remaining tests run in a fresh process ({report.grader_message})")
@@ -222,8 +227,8 @@ class GradingSession:
 
     def pytest_runtest_logstart(self, nodeid, location):
         usage.reset()
+        remote.reset()  # the previous test's objects in the worker
         if self.progress:
-            self.progress.last_kernel = None
             self.progress.write(test=nodeid, when="setup")
 
     @pytest.hookimpl(tryfirst=True)

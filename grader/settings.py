@@ -66,12 +66,16 @@ CRASH_LOG = Variable("FA_CRASH_LOG", None, INTERNAL,
                      "the file where a grading child process writes the Python traceback of a crash "
                      "(faulthandler), from which the grader names the kernel line")
 BENCH_PHASE = Variable("FA_BENCH_PHASE", "3", INTERNAL, "the phase `make bench` times (set from PHASE)")
+WORKER_USER = Variable("FA_WORKER_USER", None, INSTRUCTOR,
+                       "a user name: a grading run started as root runs the graded code (the worker) as that user, "
+                       "who cannot read what it is not given (see INSTRUCTORS.md)")
 RING_TIMEOUT = Variable("FA_RING_TIMEOUT", "90", STUDENT,
                         "seconds a process of Phase 7's ring-attention test waits for its neighbours before it "
                         "gives up (a send or receive that never matches)")
 
 VARIABLES = (IMPL, SEED, ISOLATE, BOUNDS_CHECK, SKIP_THROUGHPUT, FORCE_CPU, WARM_SHARDS, GRADE_TIMEOUT,
-             NOTEBOOK_TIMEOUT, MEASURE_DEADLINE, NBGRADER_PHASES, AUTOTUNE, CRASH_LOG, BENCH_PHASE, RING_TIMEOUT)
+             NOTEBOOK_TIMEOUT, MEASURE_DEADLINE, NBGRADER_PHASES, AUTOTUNE, CRASH_LOG, BENCH_PHASE, WORKER_USER,
+             RING_TIMEOUT)
 
 
 def table() -> str:

@@ -1,10 +1,10 @@
 """Grade many submissions of one phase into a gradebook: `make grade-all SUBMISSIONS=DIR PHASE=N`.
 
 Each folder of DIR is one submission shaped like `exercises/` (DIR/alice/phase0/..., DIR/bob/...).
-Each is graded by `python -m grader grade --impl DIR/<name>` in a process of its own, in a session of
-its own, under a time limit: a submission that crashes the interpreter, hangs or loops forever is
-killed (with everything it started) and costs only its own points. Results go to OUT (default
-build/grade-all/phaseN):
+Each is graded from a temporary copy of DIR/<name> (`python -m grader grade --impl COPY`), in a
+process of its own, in a session of its own, under a time limit: a submission that crashes the
+interpreter, hangs or loops forever is killed (with everything it started) and costs only its own
+points. Results go to OUT (default build/grade-all/phaseN):
 
     OUT/reports/<name>.json   the grader's JSON report for each submission, plus `status`, `exit` and
                               a digest of the graded files; written last and atomically, so that its
@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,8 +133,16 @@ class Grader:
                 status, code = f"no phase{self.phase}/ folder in the submission", None
                 log.write(status + "\n")
             else:
+                # A copy of its own, in a folder of its own: the graded code finds no other submission
+                # beside it, and what it writes lands in the copy, deleted afterwards. The report is
+                # written by the grading process, which never runs the submission's code (grader.remote).
+                copy_root = tempfile.mkdtemp(prefix="fa-grade-all-")
+                if settings.WORKER_USER.is_set():
+                    os.chmod(copy_root, 0o755)  # the worker's user reads the copy (see INSTRUCTORS.md)
+                copy = Path(copy_root) / sub.name
+                shutil.copytree(sub, copy, symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "grader", "grade", "--phase", str(self.phase), "--impl", str(sub.resolve()),
+                    [sys.executable, "-m", "grader", "grade", "--phase", str(self.phase), "--impl", str(copy),
                      "--report", str(tmp_report)],
                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)
@@ -149,6 +158,7 @@ class Grader:
                     proc.wait()
                     with self.lock:
                         self.running.pop(sub.name, None)
+                    shutil.rmtree(copy_root, ignore_errors=True)
             if self.stopping:
                 return None  # interrupted, not finished: no report, so a resumed run grades it
             if status != "graded":

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from grader import aot, bench, impl, numerics, timing
+from grader import aot, bench, numerics, remote, timing
 from grader.honesty import graded_call, timed
 from grader.inputs import (FLOAT, assert_accepts, assert_refuses, assert_rowwise_refusals, qkv, qkv_past_int32,
                            randn, rows_past_int32)
@@ -138,7 +138,7 @@ def test_phase2_seeded_shapes(api, gen, device):
 
 # ---------------------------------------------------------------- compile tier
 def _flash_specs():
-    from_solution = impl.load_module(PHASE, "flash")
+    from_solution = remote.load_module(PHASE, "flash")
     strides = {f"stride_{t}{a}": "i32" for t, axes in (("q", "bhmd"), ("k", "bhnd"), ("v", "bhnd"), ("o", "bhmd"))
                for a in axes}
     specs = []

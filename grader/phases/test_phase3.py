@@ -8,7 +8,7 @@ GPU 2e-3 for fp32). The output o is judged against SDPA's own error, as in every
 import pytest
 import torch
 
-from grader import aot, bench, impl, numerics, timing
+from grader import aot, bench, numerics, remote, timing
 from grader.checks import (FORWARD_CASES, check_causal_never_reads_invisible_keys, check_forward,
                            check_reads_nothing_past_nk, lse_baseline, refuses_bad_forward_input, standard_inputs)
 from grader.honesty import graded_call, timed
@@ -169,7 +169,7 @@ def _spec(dtype, D, causal, config, arch):
 
 
 def _compile_specs():
-    forward = impl.load_module(PHASE, "forward")
+    forward = remote.load_module(PHASE, "forward")
     specs, seen = [], set()
     for (D, causal, _), config in sorted(getattr(forward, "HOPPER_CONFIGS", {}).items()):
         for dtype in (("fp16", "bf16") if D in (64, 128) else ("bf16",)):

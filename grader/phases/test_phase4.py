@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from grader import aot, bench, cost, impl, numerics, runtime, timing
+from grader import aot, bench, cost, numerics, remote, runtime, timing
 from grader.checks import (AUTOGRAD_CASES, BACKWARD_CASES, check_autograd, check_backward,
                            check_backward_negative_logits, check_saves_no_n_by_n_tensor, o_lse,
                            refuses_bad_backward_input, upstream)
@@ -146,7 +146,7 @@ def test_training_matches_sdpa(api, gen, device):
 
 # ---------------------------------------------------------------- compile tier
 def _kernel_specs():
-    cfg = impl.load_module(PHASE, "backward")
+    cfg = remote.load_module(PHASE, "backward")
     ptr = lambda t: f"*{t}"
     stride3 = lambda p: [f"stride_{p}{s}" for s in "bhn"]
     specs = []

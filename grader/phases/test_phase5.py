@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from grader import aot, bench, impl, timing
+from grader import aot, bench, impl, remote, timing
 from grader.checks import (AUTOGRAD_CASES, BACKWARD_CASES, FORWARD_CASES, check_autograd, check_backward,
                            check_backward_negative_logits, check_causal_never_reads_invisible_keys, check_forward,
                            check_reads_nothing_past_nk, check_saves_no_n_by_n_tensor, o_lse, refuses_bad_backward_input,
@@ -178,7 +178,7 @@ def _spec(dtype, D, causal, cfg, tma, arch):
 
 
 def _compile_specs():
-    forward = impl.load_module(PHASE, "forward")
+    forward = remote.load_module(PHASE, "forward")
     specs, seen = [], set()
     for (D, causal, _), cfg in sorted(forward.PINNED["sm_90"].items(), key=str):
         if D in (64, 128) and (D, causal, cfg) not in seen:
@@ -241,7 +241,7 @@ def _forward_launch(launches, entry: str):
 def _check_forward_config(launch, entry: str, D: int, causal: bool, n_k: int) -> str:
     """On a GPU: the launched configuration is the one pinned for this GPU (or, with FA_AUTOTUNE=1, one
     that the pruning rule keeps). Returns what was checked, for the report."""
-    forward = impl.load_module(PHASE, "forward")
+    forward = remote.load_module(PHASE, "forward")
     got = tuple(launch.options.get(k) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
     if os.environ.get("FA_AUTOTUNE") == "1":
         cfg = forward.Config(*got)
@@ -289,7 +289,7 @@ BACKWARD_OPTIONS = {"bwd_dkdv_kernel": ("BLOCK_M", "BLOCK_N", "MASK_BLOCK_M", "n
 def test_backward_uses_pinned_configuration(api, gen, record_property, entry):
     """The backward's Phase 5 work is its configuration: on a GPU with pinned entries, the dK/dV and dQ
     kernels must launch with them (Phase 4's choice behind Phase 5's names fails here)."""
-    backward = impl.load_module(PHASE, "backward")
+    backward = remote.load_module(PHASE, "backward")
     D = 128
     pinned_here = backward.PINNED.get(_arch(), {})
     if (D, False) not in pinned_here:
@@ -386,7 +386,7 @@ def test_backward_throughput(api, gen, record_property, D, causal):
 def _previous_phase(phase: int, name: str):
     where = f"{impl.tree()}.phase{phase}.{name}"
     try:
-        fn = getattr(impl.load(phase), name)
+        fn = getattr(remote.load(phase), name)
     except Exception as exc:  # any failure to import the student's previous phase
         raise AssertionError(f"Phase 5 is measured against your own Phase {phase} ({where}), which could not be "
                              f"loaded: {type(exc).__name__}: {exc}. Finish Phase {phase} first") from None

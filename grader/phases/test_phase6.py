@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from grader import aot, bench, impl, numerics, timing
+from grader import aot, bench, numerics, remote, timing
 from grader.checks import assert_negative_logits_grads, check_grads, negative_logits_inputs, sdpa_grads
 from grader.honesty import graded_call, tensors_in, timed
 from grader.inputs import FLOAT, NEGATIVE_LOGITS_SCALE, assert_accepts, assert_refuses, qkv, randn
@@ -99,7 +99,7 @@ def test_no_dropout_is_phase4_bitwise(api, gen, device, causal):
     """dropout_p = 0 takes exactly Phase 4's path: the output and every gradient equal, bit for bit."""
     q, k, v = qkv(2, 2, 37, 45, 32, torch.float16, device, gen, "bnhd")
     do = randn(q.shape, torch.float16, device, gen)
-    phase4_api = impl.load(4)
+    phase4_api = remote.load(4)
     theirs = _forward_backward(lambda a, b, c: phase4_api.flash_attention(a, b, c, causal=causal))(q, k, v, do)
     for seed in (None, 1234):
         ours = graded_call(_forward_backward(lambda a, b, c: api.flash_attention(
@@ -384,8 +384,8 @@ def _consts(D, blocks, causal, dropout):
 
 
 def _compile_specs():
-    fwd_cfg = impl.load_module(3, "forward")
-    bwd_cfg = impl.load_module(4, "backward")
+    fwd_cfg = remote.load_module(3, "forward")
+    bwd_cfg = remote.load_module(4, "backward")
     specs = []
     varlen = {"H": "i32", "TOTAL_Q": "i32", "MAX_Q": "i32", "MAX_K": "i32"}
     varlen_fwd = {"H": "i32", "TOTAL_Q": "i32", "TOTAL_K": "i32", "MAX_Q": "i32", "MAX_K": "i32"}  # clamps to TOTAL_K

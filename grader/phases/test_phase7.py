@@ -15,9 +15,9 @@ import hashlib
 import pytest
 import torch
 
-from grader import aot, bench, distributed, footprint, impl, numerics, timing, variants
+from grader import aot, bench, distributed, footprint, graphs, impl, numerics, remote, timing, variants
 from grader.checks import blame_nan_on_reads, check_backward_negative_logits
-from grader.honesty import HonestyError, _count_triton_launches, graded_call, tensors_in, timed
+from grader.honesty import HonestyError, graded_call, tensors_in, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, randn
 
 PHASE = 7
@@ -570,36 +570,6 @@ RING_CASES = {
 _RING_RESULTS = {}
 
 
-def _ring_rank(rank, world, payload):
-    """In each rank's process: its slices of q, k, v and dO through ring_attention, forward and backward,
-    under the grader's honesty rules."""
-    import torch
-
-    if payload["device"] == "cuda":
-        torch.cuda.set_device(0)
-    api = impl.load(PHASE)
-    results = {}
-    for name, case in payload["cases"].items():
-        n = case["q"].shape[2] // world
-        rows = slice(rank * n, (rank + 1) * n)
-        q, k, v, do = (case[t][:, :, rows].to(payload["device"]) for t in ("q", "k", "v", "do"))
-
-        def run(q, k, v, do):
-            qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
-            o = api.ring_attention(qg, kg, vg, causal=case["causal"])
-            return (o.detach(), *torch.autograd.grad(o, (qg, kg, vg), do))
-        with _count_triton_launches() as launches:
-            # The result is merged by PyTorch (merge_partials), so it is not required to come from a kernel
-            # store; launching kernels, not calling torch's attention, softmax or matmul, leaving inputs
-            # unchanged still are.
-            out = graded_call(run, q, k, v, do, what="ring_attention", triton=False)
-        if launches.count == 0:
-            raise HonestyError("ring_attention launched no Triton kernel: the blocks must run on your kernels",
-                               function="ring_attention")
-        results[name] = [t.detach().cpu() for t in out]
-    return results
-
-
 def _ring_results(device):
     if device not in _RING_RESULTS:
         world, cases = RING_CASES["gpu" if device == "cuda" else "interpreter"]
@@ -607,13 +577,13 @@ def _ring_results(device):
 
         seed = int.from_bytes(hashlib.sha256(f"{base_seed()[0]}:ring".encode()).digest()[:4], "little")
         gen = torch.Generator().manual_seed(seed)
-        payload = {"device": device, "cases": {}}
+        payload = {"device": device, "tree": impl.tree(), "cases": {}}
         for name, (B, H, H_kv, n, D, causal, dtype) in cases.items():
             q, k, v = inputs(B, H, H_kv, n * world, n * world, D, dtype, "cpu", gen)
             payload["cases"][name] = {"q": q, "k": k, "v": v, "do": randn(q.shape, dtype, "cpu", gen),
                                       "causal": causal}
         try:
-            ranks = distributed.run("grader.phases.test_phase7:_ring_rank", world, payload, timeout=240)
+            ranks = distributed.run("grader.ring:rank_main", world, payload, timeout=240)
             _RING_RESULTS[device] = ("ok", world, payload, ranks)
         except distributed.RankError as exc:
             _RING_RESULTS[device] = ("error", world, exc)
@@ -726,8 +696,8 @@ def _compile_specs():
     """The kernels and configurations that matter most (each compile takes seconds on a CPU): sm_90's
     launches at D = 96 (padded), 128 and 256 with and without the cap, and sm_80's D = 256, where the
     tiles come closest to the shared memory."""
-    options = impl.load_module(PHASE, "options")
-    fwd, bwd = impl.load_module(PHASE, "forward"), impl.load_module(PHASE, "backward")
+    options = remote.load_module(PHASE, "options")
+    fwd, bwd = remote.load_module(PHASE, "forward"), remote.load_module(PHASE, "backward")
     specs = [_forward_spec(options, "bf16", D, fwd.CONFIGS_SM90[options.block_d(D)], softcap, 90)
              for D, softcap in ((128, False), (256, False), (96, True))]
     specs += _backward_specs(options, "bf16", 128, bwd.CONFIGS_SM90[128], False, 90)
@@ -867,26 +837,24 @@ def test_window_throughput(api, gen, record_property, causal, window):
 
 
 def _captured_decode(api, q, k, v, seqlens):
-    """flash_decode captured in a CUDA graph, as inference engines run a decoding step: (graph, its o).
-    The capture must launch Triton kernels, and a replay must give what an eager call gives."""
+    """flash_decode captured in a CUDA graph, as inference engines run a decoding step (grader.graphs). The
+    capture must launch Triton kernels, and a replay must give what an eager call gives."""
     eager = api.flash_decode(q, k, v, seqlens)
     try:
-        with _count_triton_launches() as launches:
-            graph, o = timing.capture_graph(lambda: api.flash_decode(q, k, v, seqlens))
+        captured = graphs.capture(api.flash_decode, q, k, v, seqlens)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise AssertionError(f"flash_decode could not be captured in a CUDA graph ({first}): a decoding step must "
                              "not wait for the GPU (no .item(), .tolist(), .cpu() or synchronize of device values, "
                              "such as reading cache_seqlens on the host; check them on the GPU)") from None
-    if launches.count == 0:
+    if captured.launches == 0:
         raise HonestyError("flash_decode launched no Triton kernel while captured in a CUDA graph",
                            cheat=True, function="flash_decode")
-    graph.replay()
-    torch.cuda.synchronize()
+    o = captured.replay()
     if not torch.equal(o, eager):
         raise AssertionError(f"replaying the captured flash_decode gave another o than an eager call on the same "
                              f"inputs: max |difference| {(o.float() - eager.float()).abs().max().item():.3g}")
-    return graph, o
+    return captured
 
 
 @pytest.mark.points(2)
@@ -899,17 +867,12 @@ def test_decode_cuda_graph(api, gen):
     k, v = (randn((B, H_kv, N, D), torch.bfloat16, "cuda", gen) for _ in range(2))
     seqlens = torch.tensor([N, 1, 1234], dtype=torch.int32, device="cuda")
     check_decode(api, q, k, v, seqlens)
-    graph, o = _captured_decode(api, q, k, v, seqlens)
-    for x in (q, k, v):
-        x.copy_(randn(tuple(x.shape), x.dtype, "cuda", gen))
-    seqlens.copy_(torch.tensor([17, N, 999], dtype=torch.int32))
-    graph.replay()
-    torch.cuda.synchronize()
+    captured = _captured_decode(api, q, k, v, seqlens)
+    q, k, v = (randn(tuple(x.shape), x.dtype, "cuda", gen) for x in (q, k, v))
+    seqlens = torch.tensor([17, N, 999], dtype=torch.int32, device="cuda")
+    o = captured.replay({0: q, 1: k, 2: v, 3: seqlens})
     mask = variants.cache_visible(seqlens, 1, N)
-    ref_o, _ = variants.reference(q, k, v, mask, None)
-    base_o, _ = variants.baseline(q, k, v, mask, None)
-    numerics.assert_close("o of a replay on new values (q, caches and lengths changed in place)", o, ref_o, base_o,
-                          dtype=q.dtype)
+    _check_decode_output(o, q, k, v, mask, what="o of a replay on new values (q, caches and lengths changed in place)")
     api.check_decode_lengths()  # good lengths throughout: nothing to report
 
 
@@ -931,8 +894,7 @@ def test_decode_bandwidth(api, gen, record_property, N):
     k, v = (randn((B, H_kv, N, D), torch.bfloat16, "cuda", gen) for _ in range(2))
     seqlens = torch.full((B,), N, dtype=torch.int32, device="cuda")
     check_decode(api, q, k, v, seqlens)
-    graph, _ = _captured_decode(api, q, k, v, seqlens)
-    ms = timing.median_ms(graph.replay)
+    ms = _captured_decode(api, q, k, v, seqlens).median_ms()
     eager_ms = timing.median_ms(timed(lambda: api.flash_decode(q, k, v, seqlens), q, k, v))
     sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     sdpa_eager_ms = timing.median_ms(sdpa)
