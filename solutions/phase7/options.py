@@ -2,7 +2,7 @@
 
 Every public function of the phase goes through `attention_options`, so that bad input reads the
 same everywhere (a ValueError or TypeError naming the argument) and the kernels receive only
-plain numbers: the band of visible keys as two non-negative integers, the soft-cap as a float.
+plain numbers: the band of visible keys as two integers (in row indices), the soft-cap as a float.
 
 Alignment: by default query row i and key row j are positions i and j of one sequence (top-left, as
 SDPA's is_causal and every earlier phase of the course). `alignment="bottom-right"` puts query i at
@@ -138,9 +138,10 @@ def check_softcap(softcap) -> float:
 def attention_options(q, k, v, causal=False, sm_scale=None, window=None, softcap=None, alignment="top-left",
                       triton=True) -> Options:
     group = check_heads(q, k, v, triton)
-    left, right = kernel_band(*check_window(window, causal), q.shape[2], k.shape[2], check_alignment(alignment))
-    return Options(sm_scale=check_sm_scale(sm_scale, q.shape[-1]), left=left, right=right,
-                   softcap=check_softcap(softcap), group=group)
+    window, alignment = check_window(window, causal), check_alignment(alignment)
+    sm_scale, softcap = check_sm_scale(sm_scale, q.shape[-1]), check_softcap(softcap)
+    left, right = kernel_band(*window, q.shape[2], k.shape[2], alignment)
+    return Options(sm_scale=sm_scale, left=left, right=right, softcap=softcap, group=group)
 
 
 def unit_last_stride(x):
