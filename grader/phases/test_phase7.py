@@ -127,8 +127,9 @@ def test_forward_seeded_shapes(api, gen, device):
         window = (draw(n_k) - 1, draw(n_k) - 1) if draw(2) else None
         softcap = (None, 5.0)[draw(2)]
         causal = bool(draw(2))
+        alignment = ("top-left", "bottom-right")[draw(2)]
         q, k, v = inputs(1, H, H_kv, n_q, n_k, D, torch.bfloat16 if big else torch.float16, device, gen, "bnhd")
-        check_forward(api, q, k, v, causal, window, softcap)
+        check_forward(api, q, k, v, causal, window, softcap, alignment=alignment)
 ### END HIDDEN TESTS
 
 
