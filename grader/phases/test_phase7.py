@@ -5,9 +5,10 @@ Every variant is checked against attention written out with an explicit mask and
 (grader/variants.py), in float64, with the error allowed relative to the same formula computed in
 the inputs' own precision (SDPA can express neither a soft-cap nor an empty row). The forward is
 graded on (o, lse), the backward on its own (it gets o and lse from the float64 reference), the
-autograd function as the integration. Under the interpreter the loads themselves are watched: key
-blocks outside a window must never be read (grader/footprint.py), and K/V must be read in place,
-never repeated per query head. Ring attention runs on several processes joined by torch.distributed
+autograd function as the integration, each with both causal alignments (top-left, the default, and
+bottom-right by `alignment=`) for Nq < Nk and Nq > Nk. Under the interpreter the loads themselves are
+watched: key blocks outside a window must never be read (grader/footprint.py), and K/V must be read in
+place, never repeated per query head. Ring attention runs on several processes joined by torch.distributed
 (gloo), each rank with its slice of the sequence, and must equal single-device attention.
 """
 import hashlib
