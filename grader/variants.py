@@ -9,20 +9,25 @@ flash-attn's tests do, in the inputs' own precision (the baseline whose error se
     s = -inf where the mask hides a key
     o = softmax(s) v,  lse = logsumexp(s)   a row with no visible key: o = 0, lse = -inf
 
-The mask (`visible`) is top-left aligned: query i and key j are positions i and j of one sequence.
+The mask (`visible`) is top-left aligned by default (query i and key j are positions i and j of one
+sequence, SDPA's is_causal) and bottom-right aligned on request (query i is position i + Nk - Nq,
+flash-attn's convention; PyTorch's `causal_lower_right`).
 `grader/instructor/tests/test_variants.py` checks that without a window, a cap or grouped heads this is
 exactly the float64 reference of the earlier phases (SDPA's math backend).
 """
 import torch
 
 
-def visible(n_q: int, n_k: int, causal=False, window=None, device="cpu") -> torch.Tensor:
-    """(n_q, n_k) booleans: query i sees key j iff i - left <= j <= i + right (-1: unbounded);
-    causal sets right = 0."""
+def visible(n_q: int, n_k: int, causal=False, window=None, device="cpu", alignment="top-left") -> torch.Tensor:
+    """(n_q, n_k) booleans: the query at position p sees key j iff p - left <= j <= p + right (-1: unbounded);
+    causal sets right = 0. Query i is at position p = i ("top-left") or p = i + n_k - n_q ("bottom-right")."""
+    if alignment not in ("top-left", "bottom-right"):
+        raise ValueError(f"alignment must be 'top-left' or 'bottom-right', got {alignment!r}")
     left, right = window if window is not None else (-1, -1)
     if causal:
         right = 0
-    i = torch.arange(n_q, device=device)[:, None]
+    shift = n_k - n_q if alignment == "bottom-right" else 0
+    i = torch.arange(n_q, device=device)[:, None] + shift
     j = torch.arange(n_k, device=device)[None, :]
     ok = torch.ones(n_q, n_k, dtype=torch.bool, device=device)
     if left >= 0:

@@ -29,13 +29,14 @@ class FlashAttentionFunction(torch.autograd.Function):
         raise NotImplementedError("phase 7: the gradients of forward's inputs from dO")
 
 
-def flash_attention(q, k, v, causal=False, sm_scale=None, window=None, softcap=None):
+def flash_attention(q, k, v, causal=False, sm_scale=None, window=None, softcap=None, alignment="top-left"):
     """Attention for (B, H, Nq, D) queries and (B, H_kv, Nk, D) keys and values, differentiable in all three.
 
-    Grouped-query (H_kv dividing H) and multi-query (H_kv = 1) attention, causal masking (top-left),
-    sliding windows `window=(left, right)` (query i sees keys i - left .. i + right, -1 unbounded;
-    top-left aligned like `causal`), logit soft-capping `softcap` (s -> softcap * tanh(s / softcap)),
-    any head dim 1 <= D <= 256. See `flash_attention_forward` for the details.
+    Grouped-query (H_kv dividing H) and multi-query (H_kv = 1) attention, causal masking, sliding windows
+    `window=(left, right)` (the query at position p sees keys p - left .. p + right, -1 unbounded), logit
+    soft-capping `softcap` (s -> softcap * tanh(s / softcap)), any head dim 1 <= D <= 256. `alignment`
+    places query i at position i ("top-left", the default, SDPA's) or i + Nk - Nq ("bottom-right",
+    flash-attn's). See `flash_attention_forward` for the details.
     """
-    opts = attention_options(q, k, v, causal, sm_scale, window, softcap)
+    opts = attention_options(q, k, v, causal, sm_scale, window, softcap, alignment)
     return FlashAttentionFunction.apply(q, k, v, opts)

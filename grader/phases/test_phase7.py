@@ -5,9 +5,10 @@ Every variant is checked against attention written out with an explicit mask and
 (grader/variants.py), in float64, with the error allowed relative to the same formula computed in
 the inputs' own precision (SDPA can express neither a soft-cap nor an empty row). The forward is
 graded on (o, lse), the backward on its own (it gets o and lse from the float64 reference), the
-autograd function as the integration. Under the interpreter the loads themselves are watched: key
-blocks outside a window must never be read (grader/footprint.py), and K/V must be read in place,
-never repeated per query head. Ring attention runs on several processes joined by torch.distributed
+autograd function as the integration, each with both causal alignments (top-left, the default, and
+bottom-right by `alignment=`) for Nq < Nk and Nq > Nk. Under the interpreter the loads themselves are
+watched: key blocks outside a window must never be read (grader/footprint.py), and K/V must be read in
+place, never repeated per query head. Ring attention runs on several processes joined by torch.distributed
 (gloo), each rank with its slice of the sequence, and must equal single-device attention.
 """
 import hashlib
@@ -50,14 +51,15 @@ def check_lse(lse, ref_lse, base_lse, q):
     numerics.assert_close("lse", zero(lse), zero(ref_lse), zero(base_lse), dtype=q.dtype)
 
 
-def check_forward(api, q, k, v, causal=False, window=None, softcap=None, sm_scale=None, ref_kv=None):
+def check_forward(api, q, k, v, causal=False, window=None, softcap=None, sm_scale=None, ref_kv=None,
+                  alignment="top-left"):
     out = graded_call(api.flash_attention_forward, q, k, v, causal=causal, sm_scale=sm_scale, window=window,
-                      softcap=softcap)
+                      softcap=softcap, alignment=alignment)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise AssertionError(f"flash_attention_forward must return (o, lse), got {type(out).__name__}")
     o, lse = out
     rk, rv = ref_kv or (k, v)
-    mask = variants.visible(q.shape[2], rk.shape[2], causal, window, q.device)
+    mask = variants.visible(q.shape[2], rk.shape[2], causal, window, q.device, alignment)
     ref_o, ref_lse = variants.reference(q, rk, rv, mask, sm_scale, softcap)
     base_o, base_lse = variants.baseline(q, rk, rv, mask, sm_scale, softcap)
     numerics.assert_close("o", o, ref_o, base_o, dtype=q.dtype)
@@ -126,15 +128,51 @@ def test_forward_seeded_shapes(api, gen, device):
         window = (draw(n_k) - 1, draw(n_k) - 1) if draw(2) else None
         softcap = (None, 5.0)[draw(2)]
         causal = bool(draw(2))
+        alignment = ("top-left", "bottom-right")[draw(2)]
         q, k, v = inputs(1, H, H_kv, n_q, n_k, D, torch.bfloat16 if big else torch.float16, device, gen, "bnhd")
-        check_forward(api, q, k, v, causal, window, softcap)
+        check_forward(api, q, k, v, causal, window, softcap, alignment=alignment)
 ### END HIDDEN TESTS
 
 
+# Both alignments with Nq != Nk: top-left (the default, SDPA's is_causal: query i is position i) and
+# bottom-right (flash-attn's: query i is position i + Nk - Nq, a prompt chunk against a cache). The
+# kernels receive a bottom-right band shifted into row indices, with a side that may be negative.
+ALIGNED_CASES = [
+    # B, H, H_kv, Nq, Nk, D, causal, window, softcap, dtype, alignment
+    pytest.param(1, 4, 2, 20, 70, 32, True, None, None, "fp16", "bottom-right", id="fp16-causal-Nq20-Nk70-br"),
+    pytest.param(1, 4, 2, 20, 70, 32, True, None, None, "fp32", "top-left", id="fp32-causal-Nq20-Nk70-tl"),
+    # the first 45 queries sit before key 0: no key, o = 0 and lse = -inf
+    pytest.param(1, 2, 1, 70, 25, 16, True, None, None, "fp32", "bottom-right", id="fp32-causal-Nq70-Nk25-br"),
+    pytest.param(1, 2, 1, 70, 25, 16, True, None, None, "fp16", "top-left", id="fp16-causal-Nq70-Nk25-tl"),
+    pytest.param(1, 2, 2, 24, 90, 16, False, (10, 3), None, "fp32", "bottom-right", id="fp32-window10,3-Nq24-Nk90-br"),
+    pytest.param(1, 2, 1, 80, 30, 48, False, (6, 6), 5.0, "fp16", "bottom-right",
+                 id="fp16-window6,6-softcap5-Nq80-Nk30-br"),
+    pytest.param(1, 4, 1, 30, 75, 16, True, (20, -1), None, "fp32", "bottom-right",
+                 id="fp32-mqa-causal-window20-Nq30-Nk75-br"),
+    pytest.param(1, 2, 2, 45, 30, 16, False, (-1, 5), None, "fp16", "bottom-right", id="fp16-window-1,5-Nq45-Nk30-br"),
+    pytest.param(2, 16, 2, 1000, 3000, 128, True, None, None, "bf16", "bottom-right",
+                 id="bf16-gqa8-causal-Nq1000-Nk3000-D128-br", marks=gpu),
+    pytest.param(1, 8, 8, 2048, 700, 64, True, (256, -1), None, "bf16", "bottom-right",
+                 id="bf16-causal-window256-Nq2048-Nk700-br", marks=gpu),
+    pytest.param(1, 4, 1, 300, 1800, 256, False, (200, 50), 20.0, "bf16", "bottom-right",
+                 id="bf16-mqa-window200,50-softcap20-D256-br", marks=gpu),
+]
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("B, H, H_kv, Nq, Nk, D, causal, window, softcap, dtype, alignment", ALIGNED_CASES)
+def test_forward_aligned(api, gen, device, B, H, H_kv, Nq, Nk, D, causal, window, softcap, dtype, alignment):
+    q, k, v = inputs(B, H, H_kv, Nq, Nk, D, FLOAT[dtype], device, gen, "bnhd")
+    check_forward(api, q, k, v, causal, window, softcap, alignment=alignment)
+
+
 # ---------------------------------------------------------------- what the kernels must not read
-def _band_check(what, window, call, q, k, v, extra=None):
+def _band_check(what, window, call, q, k, v, extra=None, alignment="top-left"):
     """Run `call` (interpreter) recording loads of q, k, v (and `extra`), then check every program's rows."""
     left, right = window
+    if alignment == "bottom-right":  # query row i is position i + shift: its band, in rows, moves right by shift
+        shift = k.shape[2] - q.shape[2]
+        left, right = left - shift, right + shift
     with footprint.record_loads(q=q, k=k, v=v, **(extra or {})) as fp:
         call()
     for name in ("k", "v"):
@@ -179,6 +217,22 @@ def test_gqa_reads_kv_in_place(api, gen, device):
     _band_check("the backward (GQA)", (-1, -1), lambda: check_backward(api, q, k, v, do), q, k, v, {"do": do})
 
 
+@pytest.mark.points(2)
+@interpreter_only
+def test_aligned_window_skips_blocks(api, gen, device):
+    """Bottom-right, 128 queries against 512 keys: query i sees keys i + 360 .. i + 392. Neither the forward
+    nor the backward may load the keys far left of that (the top-left band) or queries far from a key's."""
+    window = (24, 8)
+    q, k, v = inputs(1, 2, 1, 128, 512, 16, torch.float16, device, gen)
+    do = randn(q.shape, torch.float16, device, gen)
+    _band_check("the forward (bottom-right)", window,
+                lambda: check_forward(api, q, k, v, window=window, alignment="bottom-right"), q, k, v,
+                alignment="bottom-right")
+    _band_check("the backward (bottom-right)", window,
+                lambda: check_backward(api, q, k, v, do, window=window, alignment="bottom-right"), q, k, v,
+                {"do": do}, alignment="bottom-right")
+
+
 def _poisoned_rows(x, rows):
     """x with rows `rows` (a slice) of its N dimension set to NaN (a clone)."""
     x = x.clone()
@@ -208,11 +262,11 @@ def check_grads(names, got, ref, baseline, dtype, shapes=None):
             raise AssertionError(f"{name} has dtype {g.dtype}, expected the inputs' dtype {dtype}")
 
 
-def check_backward(api, q, k, v, do, causal=False, window=None, softcap=None, sm_scale=None):
-    mask = variants.visible(q.shape[2], k.shape[2], causal, window, q.device)
+def check_backward(api, q, k, v, do, causal=False, window=None, softcap=None, sm_scale=None, alignment="top-left"):
+    mask = variants.visible(q.shape[2], k.shape[2], causal, window, q.device, alignment)
     o64, lse64, *ref = variants.reference_grads(q, k, v, do, mask, sm_scale, softcap)
     got = graded_call(api.flash_attention_backward, do, q, k, v, o64.to(q.dtype), lse64.to(torch.float32),
-                      causal=causal, sm_scale=sm_scale, window=window, softcap=softcap)
+                      causal=causal, sm_scale=sm_scale, window=window, softcap=softcap, alignment=alignment)
     if not isinstance(got, tuple) or len(got) != 3:
         raise AssertionError("flash_attention_backward must return a tuple (dq, dk, dv)")
     base = variants.baseline_grads(q, k, v, do, mask, sm_scale, softcap)[1:]
@@ -253,6 +307,14 @@ def test_backward(api, gen, device, B, H, H_kv, Nq, Nk, D, causal, window, softc
     check_backward(api, q, k, v, do, causal, window, softcap, sm_scale)
 
 
+@pytest.mark.points(1)
+@pytest.mark.parametrize("B, H, H_kv, Nq, Nk, D, causal, window, softcap, dtype, alignment", ALIGNED_CASES)
+def test_backward_aligned(api, gen, device, B, H, H_kv, Nq, Nk, D, causal, window, softcap, dtype, alignment):
+    q, k, v = inputs(B, H, H_kv, Nq, Nk, D, FLOAT[dtype], device, gen)
+    do = randn(q.shape, FLOAT[dtype], device, gen)
+    check_backward(api, q, k, v, do, causal, window, softcap, alignment=alignment)
+
+
 # ---------------------------------------------------------------- flash_attention (autograd)
 AUTOGRAD_CASES = [
     # B, H, H_kv, N, D, causal, window, softcap, dtype, sm_scale
@@ -269,14 +331,17 @@ AUTOGRAD_CASES = [
 def test_flash_attention_autograd(api, gen, device, B, H, H_kv, N, D, causal, window, softcap, dtype, sm_scale):
     """The forward and backward through autograd: every option must reach the backward too."""
     q, k, v = inputs(B, H, H_kv, N, N, D, FLOAT[dtype], device, gen, "bnhd")
-    do = randn(q.shape, FLOAT[dtype], device, gen)
+    check_autograd(api, q, k, v, randn(q.shape, FLOAT[dtype], device, gen), causal, window, softcap, sm_scale)
 
+
+def check_autograd(api, q, k, v, do, causal=False, window=None, softcap=None, sm_scale=None, alignment="top-left"):
     def run(q, k, v, do):
         qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
-        o = api.flash_attention(qg, kg, vg, causal=causal, sm_scale=sm_scale, window=window, softcap=softcap)
+        o = api.flash_attention(qg, kg, vg, causal=causal, sm_scale=sm_scale, window=window, softcap=softcap,
+                                alignment=alignment)
         return (o.detach(), *torch.autograd.grad(o, (qg, kg, vg), do))
     got = graded_call(run, q, k, v, do, what="flash_attention forward + backward")
-    mask = variants.visible(N, N, causal, window, q.device)
+    mask = variants.visible(q.shape[2], k.shape[2], causal, window, q.device, alignment)
     o64, _, *ref = variants.reference_grads(q, k, v, do, mask, sm_scale, softcap)
     base = variants.baseline_grads(q, k, v, do, mask, sm_scale, softcap)
     check_grads(("o", "dq", "dk", "dv"), got, (o64, *ref), base, q.dtype)
@@ -287,6 +352,29 @@ def test_backward_strongly_negative_logits(api, gen, device):
     """lse < -88 and a partial last key block, through autograd: the dQ kernel's padded keys must be
     masked (Phase 4's case, issue 21)."""
     check_backward_negative_logits(api, gen, device, through_autograd=True)
+
+
+ALIGNED_AUTOGRAD_CASES = [
+    # B, H, H_kv, Nq, Nk, D, causal, window, softcap, dtype, alignment
+    pytest.param(1, 4, 2, 24, 60, 32, True, (10, -1), None, "fp16", "bottom-right",
+                 id="fp16-gqa2-causal-window10-Nq24-Nk60-br"),
+    pytest.param(1, 2, 1, 50, 20, 16, True, None, 4.0, "fp32", "bottom-right",
+                 id="fp32-mqa-causal-softcap4-Nq50-Nk20-br"),
+    pytest.param(1, 2, 1, 50, 20, 16, True, None, None, "fp32", "top-left", id="fp32-mqa-causal-Nq50-Nk20-tl"),
+    pytest.param(2, 8, 2, 512, 2048, 128, True, None, None, "bf16", "bottom-right",
+                 id="bf16-gqa4-causal-Nq512-Nk2048-D128-br", marks=gpu),
+]
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("B, H, H_kv, Nq, Nk, D, causal, window, softcap, dtype, alignment", ALIGNED_AUTOGRAD_CASES)
+def test_flash_attention_autograd_aligned(api, gen, device, B, H, H_kv, Nq, Nk, D, causal, window, softcap, dtype,
+                                          alignment):
+    """The alignment must reach the backward too: a bottom-right forward with a top-left backward has wrong
+    gradients for every row whose band moved."""
+    q, k, v = inputs(B, H, H_kv, Nq, Nk, D, FLOAT[dtype], device, gen, "bnhd")
+    check_autograd(api, q, k, v, randn(q.shape, FLOAT[dtype], device, gen), causal, window, softcap,
+                   alignment=alignment)
 
 
 @pytest.mark.points(2)
@@ -334,6 +422,11 @@ def test_refuses_bad_input(api, gen, device):
     big = randn((1, 2, 8, 272), torch.float32, device, gen)
     assert_refuses(lambda: f(big, big, big), ValueError, "D", "head dim 272")
     assert_refuses(lambda: f(q, k, v, causal="yes"), TypeError, "causal", "causal='yes'")
+    assert_accepts(lambda: f(q, k[:, :, :5], v[:, :, :5], causal=True, alignment="bottom-right"),
+                   "causal bottom-right with Nq=8 > Nk=5 (the first 3 queries see no key)")
+    assert_refuses(lambda: f(q, k, v, causal=True, alignment="lower-right"), ValueError, "alignment",
+                   "alignment='lower-right'")
+    assert_refuses(lambda: f(q, k, v, causal=True, alignment=True), TypeError, "alignment", "alignment=True")
     assert_refuses(lambda: f(q, k.half(), v), TypeError, "dtype", "q and k of different dtypes")
     if device == "cuda":
         assert_refuses(lambda: f(q.cpu(), k.cpu(), v.cpu()), ValueError, "q", "CPU tensors on a GPU run")

@@ -314,12 +314,12 @@ def check_backward_inputs(do, q, o, lse) -> None:
 
 
 def flash_attention_backward(do, q, k, v, o, lse, causal=False, sm_scale=None, window=None, softcap=None,
-                             config=None):
+                             alignment="top-left", config=None):
     """(dq, dk, dv) of `flash_attention_forward`'s o, from dO, the inputs, o and its lse.
 
     The options mean what they mean in the forward. dk and dv have k's shape (B, H_kv, Nk, D): each is the
     sum over the query heads of its group. Nothing of size Nq x Nk is allocated, nothing of K/V repeated.
     """
-    opts = attention_options(q, k, v, causal, sm_scale, window, softcap)
+    opts = attention_options(q, k, v, causal, sm_scale, window, softcap, alignment)
     check_backward_inputs(do, q, o, lse)
     return attention_backward(do, q, k, v, o, lse, opts, config=config)

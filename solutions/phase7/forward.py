@@ -54,8 +54,9 @@ def _visible(rows, cols, N_K, WIN_LEFT, WIN_RIGHT):
     """Broadcast booleans: key `cols` exists and lies in the band of query `rows`."""
     # TODO(phase 7, visible): which (query, key) pairs the softmax may see
     # Contract: True iff the key exists (col < N_K) and lies in the query's band, row - WIN_LEFT <= col
-    # <= row + WIN_RIGHT (both non-negative here; "unbounded" arrives as a huge number). Works for any
-    # broadcastable shapes: (BLOCK_M, 1) rows with (1, BLOCK_N) keys, or transposed.
+    # <= row + WIN_RIGHT ("unbounded" arrives as a huge number; a bottom-right band, shifted to rows,
+    # may make either side negative). Works for any broadcastable shapes: (BLOCK_M, 1) rows with
+    # (1, BLOCK_N) keys, or transposed.
     ### BEGIN SOLUTION
     rel = cols - rows
     return (cols < N_K) & (rel >= -WIN_LEFT) & (rel <= WIN_RIGHT)
@@ -71,6 +72,8 @@ def _key_range(start_m, N_Q, N_K, WIN_LEFT, WIN_RIGHT, BLOCK_M: tl.constexpr, BL
     # (that is the work a window saves); lo, full_lo and full_hi are multiples of BLOCK_N with
     # lo <= full_lo <= full_hi and full_hi <= hi (or all four equal when no row sees a key); every key
     # of [full_lo, full_hi) exists and is visible to every row of the block (start_m .. the last row < N_Q).
+    # Either side of the band may be negative (bottom-right alignment shifts it): the range is then empty
+    # for rows whose band ends before key 0 or starts after the last key.
     ### BEGIN SOLUTION
     last = tl.minimum(start_m + BLOCK_M, N_Q) - 1          # the block's last real query row
     lo = tl.maximum(start_m - WIN_LEFT, 0) // BLOCK_N * BLOCK_N
@@ -241,18 +244,21 @@ def attention_forward(q, k, v, opts: Options, out_dtype=None, config=None):
     return o, lse
 
 
-def flash_attention_forward(q, k, v, causal=False, sm_scale=None, window=None, softcap=None, config=None):
+def flash_attention_forward(q, k, v, causal=False, sm_scale=None, window=None, softcap=None, alignment="top-left",
+                            config=None):
     """softmax(mask(cap(q k^T * sm_scale))) v and its logsumexp.
 
     q: (B, H, Nq, D); k and v: (B, H_kv, Nk, D) with H_kv dividing H (grouped-query attention; H_kv = 1
     is multi-query); 1 <= D <= 256; float16, bfloat16 or float32; any strides.
-    causal: query i sees keys j <= i (top-left aligned, as SDPA's is_causal).
-    window=(left, right): query i sees keys i - left .. i + right, -1 = unbounded on that side
-    (flash-attn's window_size, but top-left aligned like `causal`: with Nq != Nk, flash-attn puts query i
-    at position i + Nk - Nq); with causal=True the right side is 0.
+    alignment: where query i sits among the keys when Nq != Nk. "top-left" (default, SDPA's is_causal):
+    at position i. "bottom-right" (flash-attn's, a prompt chunk against a cache): at position
+    i + Nk - Nq, so the last query is the last key. The same for Nq == Nk.
+    causal: the query at position p sees keys j <= p.
+    window=(left, right): the query at position p sees keys p - left .. p + right, -1 = unbounded on that
+    side (flash-attn's window_size); with causal=True the right side is 0.
     softcap: scores s = sm_scale * q.k become softcap * tanh(s / softcap) before the softmax (Gemma 2).
-    Returns o (B, H, Nq, D) in q's dtype and lse (B, H, Nq) float32; a row that sees no key gets o = 0
-    and lse = -inf.
+    Returns o (B, H, Nq, D) in q's dtype and lse (B, H, Nq) float32; a row that sees no key (bottom-right
+    causal with Nq > Nk: the first Nq - Nk rows; a narrow window) gets o = 0 and lse = -inf.
     """
-    opts = attention_options(q, k, v, causal, sm_scale, window, softcap)
+    opts = attention_options(q, k, v, causal, sm_scale, window, softcap, alignment)
     return attention_forward(q, k, v, opts, config=config)

@@ -2,13 +2,15 @@
 
 Every public function of the phase goes through `attention_options`, so that bad input reads the
 same everywhere (a ValueError or TypeError naming the argument) and the kernels receive only
-plain numbers: the band of visible keys as two non-negative integers, the soft-cap as a float.
+plain numbers: the band of visible keys as two integers (in row indices), the soft-cap as a float.
 
-Alignment: query row i and key row j are positions i and j of one sequence (top-left, as SDPA's
-is_causal and every earlier phase of the course). `window=(left, right)` lets query i see keys
-i - left .. i + right, -1 meaning unbounded on that side; `causal=True` sets right = 0. flash-attn
-aligns windows bottom-right when Nq != Nk (query i sits at position i + Nk - Nq); with Nq == Nk
-both conventions agree.
+Alignment: by default query row i and key row j are positions i and j of one sequence (top-left, as
+SDPA's is_causal and every earlier phase of the course). `alignment="bottom-right"` puts query i at
+position i + Nk - Nq instead (flash-attn's convention, and every engine's for queries appended to a
+cache: the last query is the last key); with Nq == Nk both agree. `window=(left, right)` lets the
+query at position p see keys p - left .. p + right, -1 meaning unbounded on that side; `causal=True`
+sets right = 0. The kernels know only top-left: a bottom-right band is the same band shifted by
+Nk - Nq (`kernel_band`), which may leave one side negative.
 """
 import math
 from dataclasses import dataclass
@@ -21,8 +23,8 @@ MAX_HEAD_DIM = 256
 @dataclass(frozen=True)
 class Options:
     sm_scale: float
-    left: int        # query i sees keys j >= i - left  (kernel value: never negative, "unbounded" = no limit)
-    right: int       # ... and j <= i + right
+    left: int        # query row i sees keys j >= i - left  (kernel value, top-left: "unbounded" = no limit;
+    right: int       # ... and j <= i + right                   either side may be negative once aligned)
     softcap: float   # 0.0 = no soft-capping
     group: int       # query heads per K/V head: H // H_kv
 
@@ -95,6 +97,34 @@ def check_window(window, causal) -> tuple[int, int]:
     return left, right
 
 
+ALIGNMENTS = ("top-left", "bottom-right")
+
+
+def check_alignment(alignment) -> str:
+    if not isinstance(alignment, str):
+        raise TypeError(f"alignment must be one of {ALIGNMENTS}, got {type(alignment).__name__} {alignment!r}")
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be 'top-left' (SDPA's is_causal: query i is position i) or "
+                         f"'bottom-right' (flash-attn's: query i is position i + Nk - Nq), got {alignment!r}")
+    return alignment
+
+
+def kernel_band(left: int, right: int, n_q: int, n_k: int, alignment: str) -> tuple[int, int]:
+    """The band (WIN_LEFT, WIN_RIGHT) the kernels apply to query row i and key row j (top-left), from the
+    user's band (left, right) around the query's position (-1: unbounded) under `alignment`."""
+    # TODO(phase 7, align): the user's band, in the row indices the kernels compare
+    # Contract: the kernels let row i see key j iff i - WIN_LEFT <= j <= i + WIN_RIGHT. Top-left, row i is
+    # position i; bottom-right, row i is position i + n_k - n_q, and sees keys (i + n_k - n_q) - left ..
+    # (i + n_k - n_q) + right. An unbounded side (-1) becomes UNBOUNDED and stays so whatever the alignment
+    # (a huge number plus a shift could overflow int32); a bounded side may come out negative.
+    ### BEGIN SOLUTION
+    shift = n_k - n_q if alignment == "bottom-right" else 0
+    win_left = UNBOUNDED if left < 0 else left - shift
+    win_right = UNBOUNDED if right < 0 else right + shift
+    ### END SOLUTION
+    return win_left, win_right
+
+
 def check_softcap(softcap) -> float:
     if softcap is None:
         return 0.0
@@ -105,12 +135,13 @@ def check_softcap(softcap) -> float:
     return float(softcap)
 
 
-def attention_options(q, k, v, causal=False, sm_scale=None, window=None, softcap=None, triton=True) -> Options:
+def attention_options(q, k, v, causal=False, sm_scale=None, window=None, softcap=None, alignment="top-left",
+                      triton=True) -> Options:
     group = check_heads(q, k, v, triton)
-    left, right = check_window(window, causal)
-    return Options(sm_scale=check_sm_scale(sm_scale, q.shape[-1]),
-                   left=UNBOUNDED if left < 0 else left, right=UNBOUNDED if right < 0 else right,
-                   softcap=check_softcap(softcap), group=group)
+    window, alignment = check_window(window, causal), check_alignment(alignment)
+    sm_scale, softcap = check_sm_scale(sm_scale, q.shape[-1]), check_softcap(softcap)
+    left, right = kernel_band(*window, q.shape[2], k.shape[2], alignment)
+    return Options(sm_scale=sm_scale, left=left, right=right, softcap=softcap, group=group)
 
 
 def unit_last_stride(x):

@@ -1,13 +1,14 @@
 """Phase 7 mutants: grouped heads, the band, the cap, padded head dims, decoding, ring attention."""
 from grader.instructor.mutants import Mutant
 
-FWD, BWD, AUTOGRAD, DECODE, RING = ("phase7/forward.py", "phase7/backward.py", "phase7/attention.py",
-                                    "phase7/decode.py", "phase7/ring.py")
+FWD, BWD, AUTOGRAD, DECODE, RING, OPTIONS = ("phase7/forward.py", "phase7/backward.py", "phase7/attention.py",
+                                             "phase7/decode.py", "phase7/ring.py", "phase7/options.py")
 # Each mutant is graded with the tests of what it changes (the whole phase takes 40 s a mutant on two cores):
 # the forward's (its cases, the loads, the poisoned keys), the backward's, the autograd function's, decoding's,
 # or the ring's (three processes that each import torch and Triton).
-FORWARD_TESTS, BACKWARD_TESTS, AUTOGRAD_TESTS, DECODE_TESTS, RINGS = (
-    "(forward and not ring) or gqa_reads or window_never", "backward and not ring", "autograd", "decode", "ring")
+FORWARD_TESTS, BACKWARD_TESTS, AUTOGRAD_TESTS, DECODE_TESTS, RINGS, ALIGNED_TESTS = (
+    "(forward and not ring) or gqa_reads or window_never", "backward and not ring", "autograd", "decode", "ring",
+    "aligned")
 
 MUTANTS = [
     Mutant("p7-dq-no-key-tail-mask", BWD,
@@ -76,6 +77,20 @@ MUTANTS = [
            (("_visible(offs_m[None, :], offs_n[:, None], N_K, WIN_LEFT, WIN_RIGHT)",
              "_visible(offs_n[:, None], offs_m[None, :], N_K, WIN_LEFT, WIN_RIGHT)"),),
            "the transposed tile's mask with rows and columns swapped: the band mirrored", tests=BACKWARD_TESTS),
+    # ---------------------------------------------------------------- alignment
+    Mutant("p7-alignment-offset-ignored", OPTIONS,
+           (('shift = n_k - n_q if alignment == "bottom-right" else 0', "shift = 0"),),
+           "alignment='bottom-right' accepted but the band left top-left: query i stays at position i",
+           tests=ALIGNED_TESTS),
+    Mutant("p7-alignment-offset-reversed", OPTIONS,
+           (('shift = n_k - n_q if alignment == "bottom-right" else 0',
+             'shift = n_q - n_k if alignment == "bottom-right" else 0'),),
+           "bottom-right shifts the queries by Nq - Nk: the band moves the wrong way", tests=ALIGNED_TESTS),
+    Mutant("p7-alignment-band-clamped-at-zero", OPTIONS,
+           (("win_left = UNBOUNDED if left < 0 else left - shift",
+             "win_left = UNBOUNDED if left < 0 else max(left - shift, 0)"),),
+           "a shifted left side clamped at 0 (as if the kernels needed non-negative sides): with Nq < Nk a "
+           "bottom-right window sees keys from its own row on instead of from row + shift - left", tests=ALIGNED_TESTS),
     # ---------------------------------------------------------------- rows with no key
     Mutant("p7-masked-max-not-guarded", FWD,
            (("m_sub = tl.where(m_ij == float(\"-inf\"), 0.0, m_ij)", "m_sub = m_ij"),),

@@ -2,7 +2,8 @@
 
 - Without a window, a cap or grouped heads, the variants' float64 reference is exactly the earlier
   phases' (SDPA's math backend), values and gradients; the mask is the definition of the band, pair by
-  pair; grouped heads equal K/V repeated by hand; an empty row gives o = 0, lse = -inf, finite gradients.
+  pair (its two causal alignments are PyTorch's causal_upper_left and causal_lower_right); grouped heads
+  equal K/V repeated by hand; an empty row gives o = 0, lse = -inf, finite gradients.
 - The footprint recorder sees which rows each program loads, and `band_violation` flags a program that
   loads keys far outside its band (a kernel that masks instead of skipping), not one that stays inside.
 """
@@ -40,6 +41,25 @@ def test_band_is_the_definition():
             for j in range(n_k):
                 expected = (left < 0 or j >= i - left) and (right < 0 or j <= i + right)
                 assert bool(mask[i, j]) == expected, (n_q, n_k, causal, window, i, j)
+
+
+@pytest.mark.parametrize("n_q, n_k", [(3, 7), (7, 3), (5, 5), (1, 9)])
+def test_alignments_are_pytorchs(n_q, n_k):
+    """Causal top-left is PyTorch's causal_upper_left (SDPA's is_causal), bottom-right its causal_lower_right
+    (flash-attn's); a bottom-right window is the top-left one moved right by n_k - n_q."""
+    from torch.nn.attention.bias import causal_lower_right, causal_upper_left
+    assert torch.equal(variants.visible(n_q, n_k, True), causal_upper_left(n_q, n_k)._materialize())
+    assert torch.equal(variants.visible(n_q, n_k, True, alignment="bottom-right"),
+                       causal_lower_right(n_q, n_k)._materialize())
+    for window in [(2, 1), (-1, 3), (0, -1)]:
+        shifted = variants.visible(n_q, n_k, False, window, alignment="bottom-right")
+        for i in range(n_q):
+            p = i + n_k - n_q
+            expected = [(window[0] < 0 or j >= p - window[0]) and (window[1] < 0 or j <= p + window[1])
+                        for j in range(n_k)]
+            assert shifted[i].tolist() == expected, (n_q, n_k, window, i)
+    with pytest.raises(ValueError, match="alignment"):
+        variants.visible(n_q, n_k, True, alignment="lower-right")
 
 
 def test_grouped_heads_and_empty_rows():
