@@ -28,8 +28,10 @@ def check_grads(names, got, ref, baseline, dtype):
     # The shared rule (numerics.assert_close): 2x PyTorch's own error in the same precision plus a
     # dtype floor, flash-attn's multiplier. It holds for dq too: our kernels round P and dS to the
     # input dtype before each tl.dot, exactly as SDPA's flash and efficient backends do.
-    for name, g, r, b in zip(names, got, ref, baseline):
-        numerics.assert_close(name, g, r, b, dtype=dtype)
+    # Every tensor is checked before the first failure is reported, and the message names each wrong
+    # one (numerics.assert_each_close): dq comes from one kernel, dk and dv from the other.
+    numerics.assert_each_close(zip(names, got, ref, baseline), dtype=dtype)
+    for name, g in zip(names, got):
         if g.dtype != dtype:
             raise AssertionError(f"{name} has dtype {g.dtype}, expected the inputs' dtype {dtype}")
 
