@@ -71,14 +71,14 @@ def test_online_softmax_refuses_bad_input(api, gen, device):
 FLASH_CASES = [
     # B, H, Nq, Nk, D, dtype, sm_scale, layout
     pytest.param(1, 1, 1, 1, 16, "fp32", None, "bhnd", id="fp32-N1-D16"),
-    pytest.param(2, 3, 17, 33, 16, "fp32", None, "bhnd", id="fp32-Nq17-Nk33"),
-    pytest.param(1, 2, 65, 300, 32, "fp32", 0.3, "bnhd", id="fp32-D32-scale0.3-noncontiguous"),
+    pytest.param(2, 3, 17, 33, 16, "fp32", None, "bhnd", id="fp32-Nq17-Nk33-D16"),
+    pytest.param(1, 2, 65, 300, 32, "fp32", 0.3, "bnhd", id="fp32-Nq65-Nk300-D32-scale0.3-noncontiguous"),
     pytest.param(2, 2, 100, 70, 64, "fp16", None, "bhnd", id="fp16-D64-Nq100-Nk70"),
-    pytest.param(1, 2, 130, 128, 64, "fp16", None, "bnhd", id="fp16-D64-Nk128-noncontiguous"),
-    pytest.param(1, 2, 33, 150, 128, "fp16", 0.05, "bnhd", id="fp16-D128-scale0.05-noncontiguous"),
-    pytest.param(1, 2, 40, 200, 64, "fp16", 2.0, "bhnd", id="fp16-large-logits-scale2"),
+    pytest.param(1, 2, 130, 128, 64, "fp16", None, "bnhd", id="fp16-Nq130-Nk128-D64-noncontiguous"),
+    pytest.param(1, 2, 33, 150, 128, "fp16", 0.05, "bnhd", id="fp16-Nq33-Nk150-D128-scale0.05-noncontiguous"),
+    pytest.param(1, 2, 40, 200, 64, "fp16", 2.0, "bhnd", id="fp16-Nq40-Nk200-D64-large-logits-scale2"),
     # q, k and v each with strides of their own: the launch must pass each tensor's own
-    pytest.param(2, 2, 40, 70, 32, "fp16", None, "mixed", id="fp16-Nq40-Nk70-mixed-layouts"),
+    pytest.param(2, 2, 40, 70, 32, "fp16", None, "mixed", id="fp16-Nq40-Nk70-D32-mixed-layouts"),
     pytest.param(2, 4, 512, 512, 128, "bf16", None, "bnhd", id="bf16-D128-N512", marks=gpu),
     pytest.param(1, 8, 1000, 777, 64, "bf16", 0.2, "bhnd", id="bf16-D64-Nq1000-Nk777", marks=gpu),
     pytest.param(2, 4, 2048, 2048, 32, "fp16", None, "bnhd", id="fp16-D32-N2048", marks=gpu),

@@ -46,29 +46,29 @@ def check_forward(api, q, k, v, causal=False, sm_scale=None, ref_kv=None):
 # ---------------------------------------------------------------- output and lse
 FORWARD_CASES = [
     # B, H, Nq, Nk, D, causal, dtype, sm_scale, layout
-    pytest.param(1, 1, 1, 1, 16, False, "fp32", None, "bhnd", id="fp32-N1"),
-    pytest.param(1, 2, 1, 1, 32, True, "fp16", None, "bhnd", id="fp16-causal-N1"),
-    pytest.param(2, 3, 17, 33, 16, False, "fp32", None, "bhnd", id="fp32-Nq17-Nk33"),
-    pytest.param(1, 2, 45, 20, 32, True, "fp32", None, "bhnd", id="fp32-causal-Nq45-Nk20"),
-    pytest.param(1, 2, 20, 45, 64, True, "fp32", None, "bhnd", id="fp32-causal-Nq20-Nk45"),
-    pytest.param(2, 2, 64, 64, 64, True, "fp16", None, "bhnd", id="fp16-causal-N64"),
+    pytest.param(1, 1, 1, 1, 16, False, "fp32", None, "bhnd", id="fp32-N1-D16"),
+    pytest.param(1, 2, 1, 1, 32, True, "fp16", None, "bhnd", id="fp16-causal-N1-D32"),
+    pytest.param(2, 3, 17, 33, 16, False, "fp32", None, "bhnd", id="fp32-Nq17-Nk33-D16"),
+    pytest.param(1, 2, 45, 20, 32, True, "fp32", None, "bhnd", id="fp32-causal-Nq45-Nk20-D32"),
+    pytest.param(1, 2, 20, 45, 64, True, "fp32", None, "bhnd", id="fp32-causal-Nq20-Nk45-D64"),
+    pytest.param(2, 2, 64, 64, 64, True, "fp16", None, "bhnd", id="fp16-causal-N64-D64"),
     pytest.param(1, 2, 50, 50, 128, False, "fp16", None, "bhnd", id="fp16-D128-N50"),
-    pytest.param(1, 1, 1, 70, 16, True, "fp16", None, "bhnd", id="fp16-causal-Nq1-Nk70"),
-    pytest.param(2, 2, 40, 40, 32, True, "fp16", 0.3, "bnhd", id="fp16-causal-scale0.3-noncontiguous"),
-    pytest.param(1, 3, 23, 71, 16, False, "fp32", 1.7, "bnhd", id="fp32-scale1.7-noncontiguous"),
+    pytest.param(1, 1, 1, 70, 16, True, "fp16", None, "bhnd", id="fp16-causal-Nq1-Nk70-D16"),
+    pytest.param(2, 2, 40, 40, 32, True, "fp16", 0.3, "bnhd", id="fp16-causal-N40-D32-scale0.3-noncontiguous"),
+    pytest.param(1, 3, 23, 71, 16, False, "fp32", 1.7, "bnhd", id="fp32-Nq23-Nk71-D16-scale1.7-noncontiguous"),
     # q, k and v each with strides of their own: the launch must pass each tensor's own
-    pytest.param(2, 2, 40, 70, 32, True, "fp16", None, "mixed", id="fp16-causal-Nq40-Nk70-mixed-layouts"),
+    pytest.param(2, 2, 40, 70, 32, True, "fp16", None, "mixed", id="fp16-causal-Nq40-Nk70-D32-mixed-layouts"),
     # scores in the hundreds: exp overflows float32 past 88, so the running max must be subtracted
-    pytest.param(1, 2, 40, 70, 32, True, "fp32", 30.0, "bhnd", id="fp32-causal-large-logits-scale30"),
+    pytest.param(1, 2, 40, 70, 32, True, "fp32", 30.0, "bhnd", id="fp32-causal-Nq40-Nk70-D32-large-logits-scale30"),
     pytest.param(2, 4, 1024, 1024, 128, True, "bf16", None, "bnhd", id="bf16-causal-N1024-D128", marks=gpu),
     pytest.param(1, 2, 4096, 4096, 64, True, "bf16", None, "bhnd", id="bf16-causal-N4096-D64", marks=gpu),
     pytest.param(1, 2, 8192, 8192, 128, False, "bf16", None, "bnhd", id="bf16-N8192-D128", marks=gpu),
-    pytest.param(1, 4, 1000, 3001, 64, False, "bf16", None, "bhnd", id="bf16-Nq1000-Nk3001", marks=gpu),
-    pytest.param(1, 4, 3001, 1000, 64, True, "bf16", None, "bnhd", id="bf16-causal-Nq3001-Nk1000", marks=gpu),
-    pytest.param(1, 4, 999, 2500, 128, True, "fp16", 0.05, "bhnd", id="fp16-causal-Nq999-Nk2500", marks=gpu),
+    pytest.param(1, 4, 1000, 3001, 64, False, "bf16", None, "bhnd", id="bf16-Nq1000-Nk3001-D64", marks=gpu),
+    pytest.param(1, 4, 3001, 1000, 64, True, "bf16", None, "bnhd", id="bf16-causal-Nq3001-Nk1000-D64", marks=gpu),
+    pytest.param(1, 4, 999, 2500, 128, True, "fp16", 0.05, "bhnd", id="fp16-causal-Nq999-Nk2500-D128", marks=gpu),
     pytest.param(2, 8, 777, 777, 16, True, "bf16", None, "bnhd", id="bf16-causal-D16-N777", marks=gpu),
     pytest.param(2, 8, 2048, 2048, 32, False, "fp16", None, "bhnd", id="fp16-D32-N2048", marks=gpu),
-    pytest.param(1, 2, 600, 513, 64, True, "fp32", None, "bnhd", id="fp32-causal-Nq600-Nk513", marks=gpu),
+    pytest.param(1, 2, 600, 513, 64, True, "fp32", None, "bnhd", id="fp32-causal-Nq600-Nk513-D64", marks=gpu),
 ]
 
 

@@ -57,14 +57,15 @@ BACKWARD_CASES = [
     pytest.param(1, 2, 40, 23, 64, True, "fp16", None, "bhnd", "bhnd", id="fp16-causal-Nq40-Nk23-D64"),
     pytest.param(2, 1, 19, 45, 16, True, "fp16", None, "bhnd", "bnhd", id="fp16-causal-Nq19-Nk45-D16"),
     pytest.param(1, 2, 23, 50, 128, False, "fp16", None, "bnhd", "bnhd", id="fp16-Nq23-Nk50-D128-noncontiguous"),
-    pytest.param(1, 2, 33, 33, 64, False, "fp32", 0.3, "bnhd", "broadcast", id="fp32-D64-scale0.3-dO-broadcast"),
+    pytest.param(1, 2, 33, 33, 64, False, "fp32", 0.3, "bnhd", "broadcast", id="fp32-N33-D64-scale0.3-dO-broadcast"),
     # scores in the hundreds: P must come from exp(s - lse), never from exp(s) / exp(lse)
-    pytest.param(1, 2, 30, 41, 32, True, "fp32", 30.0, "bhnd", "bhnd", id="fp32-causal-large-logits-scale30"),
+    pytest.param(1, 2, 30, 41, 32, True, "fp32", 30.0, "bhnd", "bhnd",
+                 id="fp32-causal-Nq30-Nk41-D32-large-logits-scale30"),
     pytest.param(2, 4, 1024, 1024, 128, True, "bf16", None, "bnhd", "bnhd", id="bf16-causal-N1024-D128", marks=gpu),
-    pytest.param(1, 8, 1000, 777, 64, False, "bf16", None, "bhnd", "bhnd", id="bf16-N1000x777-D64", marks=gpu),
-    pytest.param(1, 8, 777, 1000, 64, True, "bf16", None, "bnhd", "bhnd", id="bf16-causal-N777x1000-D64", marks=gpu),
+    pytest.param(1, 8, 1000, 777, 64, False, "bf16", None, "bhnd", "bhnd", id="bf16-Nq1000-Nk777-D64", marks=gpu),
+    pytest.param(1, 8, 777, 1000, 64, True, "bf16", None, "bnhd", "bhnd", id="bf16-causal-Nq777-Nk1000-D64", marks=gpu),
     pytest.param(2, 4, 513, 513, 32, True, "fp16", None, "bhnd", "bnhd", id="fp16-causal-N513-D32", marks=gpu),
-    pytest.param(2, 4, 300, 256, 16, False, "bf16", None, "bhnd", "broadcast", id="bf16-N300x256-D16", marks=gpu),
+    pytest.param(2, 4, 300, 256, 16, False, "bf16", None, "bhnd", "broadcast", id="bf16-Nq300-Nk256-D16", marks=gpu),
     pytest.param(1, 4, 300, 300, 128, True, "fp32", None, "bnhd", "bhnd", id="fp32-causal-N300-D128", marks=gpu),
 ]
 
@@ -121,7 +122,7 @@ AUTOGRAD_CASES = [
     pytest.param(1, 2, 33, 33, 32, True, "fp16", "bnhd", id="fp16-causal-N33-D32-noncontiguous"),
     pytest.param(1, 2, 20, 45, 16, False, "fp32", "bhnd", id="fp32-Nq20-Nk45-D16"),
     pytest.param(2, 4, 1024, 1024, 64, True, "bf16", "bnhd", id="bf16-causal-N1024-D64", marks=gpu),
-    pytest.param(2, 4, 600, 900, 128, False, "bf16", "bhnd", id="bf16-N600x900-D128", marks=gpu),
+    pytest.param(2, 4, 600, 900, 128, False, "bf16", "bhnd", id="bf16-Nq600-Nk900-D128", marks=gpu),
 ]
 
 
