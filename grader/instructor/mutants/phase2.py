@@ -41,7 +41,8 @@ MUTANTS = [
            (("p = tl.math.exp2(qk - m_ij[:, None])", "p = tl.exp(qk - m_ij[:, None])"),),
            "exp where exp2 belongs: the scores are in log2 units (qk_scale includes log2(e))"),
     Mutant("p2-flash-scale-without-log2e", FLASH,
-           (("flash_v1_kernel[grid](q, k, v, o, sm_scale * LOG2E.value,", "flash_v1_kernel[grid](q, k, v, o, sm_scale,"),),
+           (("flash_v1_kernel[grid](q, k, v, o, sm_scale * LOG2E.value,",
+             "flash_v1_kernel[grid](q, k, v, o, sm_scale,"),),
            "exp2 in the kernel but the host passes sm_scale without the log2(e) factor"),
     Mutant("p2-flash-tail-keys-unmasked", FLASH,
            (("        if not EVEN_N:\n"
