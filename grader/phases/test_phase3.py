@@ -8,7 +8,7 @@ GPU 2e-3 for fp32). The output o is judged against SDPA's own error, as in every
 import pytest
 import torch
 
-from grader import aot, bench, impl, numerics, timing
+from grader import aot, bench, diagnosis, impl, numerics, timing
 from grader.honesty import graded_call, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, qkv, qkv_past_int32
 
@@ -30,6 +30,12 @@ def check_lse(lse, q, k, causal, sm_scale, ref_lse):
     numerics.assert_close("lse", lse, ref_lse, lse_baseline(q, k, causal, sm_scale), dtype=q.dtype)
 
 
+def _probe(api):
+    def forward(q, k, v, causal, sm_scale):
+        return graded_call(api.flash_attention_forward, q, k, v, causal=causal, sm_scale=sm_scale)[0]
+    return forward
+
+
 def check_forward(api, q, k, v, causal=False, sm_scale=None, ref_kv=None):
     """Run the graded forward and compare (o, lse) with float64. `ref_kv` replaces k, v for the
     reference and baseline (used when k, v carry poisoned rows that must never be read)."""
@@ -38,7 +44,9 @@ def check_forward(api, q, k, v, causal=False, sm_scale=None, ref_kv=None):
         raise AssertionError(f"flash_attention_forward must return (o, lse), got {type(out).__name__}")
     o, lse = out
     rk, rv = ref_kv or (k, v)
-    ref_lse = numerics.assert_attention_output(o, q, rk, rv, causal, sm_scale)
+    # A wrong o gets one more line: the condition its error follows, from probes (grader/diagnosis.py).
+    with diagnosis.explained("flash_attention_forward", _probe(api), causal=causal, dtype=q.dtype, device=q.device):
+        ref_lse = numerics.assert_attention_output(o, q, rk, rv, causal, sm_scale)
     check_lse(lse, q, rk, causal, sm_scale, ref_lse)
     return o, lse
 

@@ -73,3 +73,29 @@ def test_a_forward_that_ignores_the_scale_is_named():
     def no_scale(q, k, v, causal, sm_scale):
         return blockwise()(q, k, v, causal, None)
     assert "custom sm_scale" in diagnosis.diagnose(no_scale)
+
+
+# ---------------------------------------------------------------- wired into the graders of Phases 2 and 3
+def _mutant_edits(name):
+    from grader.instructor.mutants import catalogue
+
+    mutant = next(m for m in catalogue() if m.name == name)
+    return {mutant.file: list(mutant.patches)}
+
+
+@pytest.mark.parametrize("phase, mutant, case, expect", [
+    (2, "p2-flash-no-acc-rescale", "flash_attention_v1 and Nq40-Nk200", "more than one block"),
+    (2, "p2-flash-tail-keys-unmasked", "flash_attention_v1 and Nq17-Nk33", "no multiple of the key block"),
+    (3, "p3-no-acc-rescale", "test_forward and mixed-layouts", "more than one block"),
+])
+def test_a_failing_case_carries_the_diagnosis(tmp_path, phase, mutant, case, expect):
+    from grader.instructor.tests import submissions
+
+    folder = submissions.make(tmp_path, mutant, edits=_mutant_edits(mutant))
+    proc, report, rows = submissions.grade(folder, phase, "-k", case)
+    assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    failed = [row for row in rows.values() if row["outcome"] == "failed"]
+    assert failed, rows
+    for row in failed:
+        assert row["message"].startswith("o: ") and "| diagnosis: wrong only when" in row["message"], row["message"]
+        assert expect in row["message"], row["message"]
