@@ -62,7 +62,7 @@ PROBES = (
     Probe("scale", 16, 500, "wrong only with a custom sm_scale (0.3): is sm_scale used as given (and folded with"
           " log2(e) once)?", sm_scale=0.3),
     Probe("strided", 16, 500, "wrong only for non-contiguous inputs (q, k and v each with strides of its own): does"
-          " each tensor use its own strides?", layout="mixed"),
+          " each tensor use its own strides, for its batch and head offsets too?", layout="mixed", B=2, H=3),
     Probe("shifted", 16, 500, "wrong only when every score of a row is shifted by a large constant (softmax does not"
           " change): is the running max subtracted before exp?", shift=1000.0),
     Probe("causal", 300, 300, "wrong only under the causal mask (Nq = Nk = 300): the mask of the diagonal blocks, or"
@@ -70,7 +70,8 @@ PROBES = (
     Probe("causal-more-keys", 100, 300, "wrong only under the causal mask with Nk > Nq (top-left: query i sees keys"
           " j <= i): the key range assumes Nq = Nk?", causal=True),
     Probe("causal-more-queries", 300, 100, "wrong only under the causal mask with Nq > Nk (rows i >= Nk see every"
-          " key): the key range is capped at Nk?", causal=True),
+          " key up to Nk): is the key range capped at Nk, and the key-tail mask kept beside the causal one?",
+          causal=True),
     Probe("16-bit", 16, 500, "wrong only in 16 bits: is p cast to v's dtype just before the second dot, with acc,"
           " m and l kept in float32?", half=True),
 )
