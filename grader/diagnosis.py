@@ -4,9 +4,9 @@ When a correctness case fails, its message says how wrong o is, not why. `diagno
 forward on probes that each add one condition to a small case that every right kernel gets right:
 first key counts from 16 to 512 (one block or several, a multiple of the block or not; and when
 every count fails, 256 queries instead of 16), then one query row, several batches and heads, a
-custom scale, strided inputs, scores shifted by a large constant, the causal mask (square, then
-Nq != Nk), 16-bit inputs. The first condition that fails is named, with where to look ("wrong only
-when the keys span more than one block: is acc rescaled ...").
+custom scale, strided inputs, scores shifted by a large constant or falling from block to block,
+the causal mask (square, then Nq != Nk), 16-bit inputs. The first condition that fails is named,
+with where to look ("wrong only when the keys span more than one block: is acc rescaled ...").
 
     diagnose(forward, causal=True, dtype=torch.float16, device="cpu")
 
@@ -35,6 +35,7 @@ class Probe:
     sm_scale: float | None = None
     layout: str = "bhnd"
     shift: float = 0.0  # added to key feature 0 while query feature 0 is 1: every score of a row moves alike
+    fall: float = 0.0  # as shift, but falling from `fall` at key 0 to 0 at the last key: later blocks score lower
     half: bool = False  # the failing case's 16-bit dtype instead of float32
     D: int = 32
     B: int = 1
@@ -61,10 +62,14 @@ PROBES = (
           " (batch, head), and does each program offset q, k, v and o by its own?", B=2, H=3),
     Probe("scale", 16, 500, "wrong only with a custom sm_scale (0.3): is sm_scale used as given (and folded with"
           " log2(e) once)?", sm_scale=0.3),
+    Probe("transposed", 16, 500, "wrong only for non-contiguous inputs ((B, N, H, D) tensors seen as (B, H, N, D)):"
+          " does every tensor, o included, use its own strides?", layout="bnhd", B=2, H=3),
     Probe("strided", 16, 500, "wrong only for non-contiguous inputs (q, k and v each with strides of its own): does"
           " each tensor use its own strides, for its batch and head offsets too?", layout="mixed", B=2, H=3),
     Probe("shifted", 16, 500, "wrong only when every score of a row is shifted by a large constant (softmax does not"
           " change): is the running max subtracted before exp?", shift=1000.0),
+    Probe("falling", 16, 500, "wrong only when the scores fall by hundreds from the first key blocks to the last: is"
+          " m the running max over every block seen (never one block's own max), so that alpha <= 1?", fall=1000.0),
     Probe("causal", 300, 300, "wrong only under the causal mask (Nq = Nk = 300): the mask of the diagonal blocks, or"
           " the key range (full, end)?", causal=True),
     Probe("causal-more-keys", 100, 300, "wrong only under the causal mask with Nk > Nq (top-left: query i sees keys"
@@ -94,10 +99,10 @@ def key_verdict(failing: set[int]) -> str | None:
 def _inputs(probe: Probe, dtype, device):
     gen = torch.Generator(device="cpu").manual_seed(SEED)
     q, k, v = qkv(probe.B, probe.H, probe.Nq, probe.Nk, probe.D, dtype, "cpu", gen, probe.layout)
-    if probe.shift:
+    if probe.shift or probe.fall:
         q, k = q.clone(), k.clone()
         q[..., 0] = 1.0
-        k[..., 0] += probe.shift
+        k[..., 0] += probe.shift + probe.fall * torch.linspace(1, 0, probe.Nk, dtype=k.dtype)
     return tuple(t.to(device) for t in (q, k, v))
 
 

@@ -8,7 +8,8 @@ from grader import diagnosis
 BLOCK_N = 64
 
 
-def blockwise(rescale=True, mask_tail=True, subtract_max=True, causal_shift=0, fp32_p=False, block_n=BLOCK_N):
+def blockwise(rescale=True, mask_tail=True, subtract_max=True, causal_shift=0, fp32_p=False, block_n=BLOCK_N,
+              block_max_only=False):
     """A forward as a Triton kernel computes it (key blocks of BLOCK_N, padded with zeros, exp2 of
     log2-scaled scores), with one classic bug switched on by each argument."""
     BLOCK_N = block_n
@@ -31,6 +32,8 @@ def blockwise(rescale=True, mask_tail=True, subtract_max=True, causal_shift=0, f
                 visible = visible & (keys <= rows + causal_shift)
             s = s.masked_fill(~visible, float("-inf"))
             m_new = torch.maximum(m, s.amax(-1)) if subtract_max else torch.zeros_like(m)
+            if block_max_only:  # each block's own max (a block with every key masked keeps the old one)
+                m_new = torch.where(torch.isinf(s.amax(-1)), m, s.amax(-1))
             p = torch.exp2(s - m_new[..., None])
             alpha = torch.exp2(m - m_new) if rescale else torch.ones_like(m)
             alpha = torch.nan_to_num(alpha, nan=0.0)  # the first block: m = -inf
@@ -99,3 +102,11 @@ def test_a_failing_case_carries_the_diagnosis(tmp_path, phase, mutant, case, exp
     for row in failed:
         assert row["message"].startswith("o: ") and "| diagnosis: wrong only when" in row["message"], row["message"]
         assert expect in row["message"], row["message"]
+
+
+def test_a_max_that_is_not_running_is_named():
+    """m = each block's own max: exact algebra, but alpha = exp2(m_old - m_new) > 1 overflows when scores
+    fall by hundreds from block to block."""
+    def block_max_only(q, k, v, causal, sm_scale):
+        return blockwise(block_max_only=True)(q, k, v, causal, sm_scale)
+    assert "fall by hundreds" in diagnosis.diagnose(block_max_only)
