@@ -13,12 +13,20 @@ ifeq ($(COURSE_PHASES),)  # a student copy (make release) has no solutions/
 COURSE_PHASES := $(sort $(patsubst exercises/phase%,%,$(wildcard exercises/phase[0-9]*)))
 endif
 
-ifeq ($(shell python3 -c 'import torch, triton, pytest, numpy' >/dev/null 2>&1 && echo yes),yes)
+# Set-up is decided by what imports, not by file times: a .venv whose packages all import is used as
+# it is, however new pyproject.toml is; one that lacks any is (re)built by `setup`. The lint verbs
+# need ruff (the dev extra) as well.
+imports = $(shell $(1) -c 'import $(2)' >/dev/null 2>&1 && echo yes)
+VENV_NEEDS := torch, triton, pytest, numpy, matplotlib, pytest_benchmark
+ifneq ($(filter test lint,$(MAKECMDGOALS)),)
+VENV_NEEDS += , ruff
+endif
+ifeq ($(call imports,python3,torch, triton, pytest, numpy),yes)
 PY := python3
 SETUP :=
 else
 PY := $(VENV)/bin/python
-SETUP := $(VENV)/.installed
+SETUP := $(if $(call imports,$(PY),$(VENV_NEEDS)),,setup)
 endif
 
 ifneq ($(filter grade grade-all bench hint,$(MAKECMDGOALS)),)
@@ -32,7 +40,7 @@ endif
 endif
 endif
 
-.PHONY: help grade hint bench check-solutions test mutants exercises measure figures lint clean release nbgrader grade-all
+.PHONY: help setup grade hint bench check-solutions test mutants exercises measure figures lint clean release nbgrader grade-all
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -88,10 +96,10 @@ grade-all: $(SETUP) ## grade every submission: SUBMISSIONS=DIR PHASE=N [TIMEOUT=
 clean: ## remove reports and caches (keeps .venv)
 	rm -rf reports .pytest_cache && find . -name __pycache__ -prune -exec rm -rf {} +
 
-$(VENV)/.installed: pyproject.toml
-	@echo "Setting up $(VENV) (first run only): torch, triton, pytest, numpy, matplotlib"
+setup: ## build or complete .venv (torch, triton, pytest, numpy, matplotlib, ruff); the verbs run it when a package does not import
+	@echo "Setting up $(VENV): torch, triton, pytest, numpy, matplotlib, ruff"
 	python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -c 'import torch' 2>/dev/null || $(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
 	$(VENV)/bin/python -m pip install -q -e ".[dev]"
-	@touch $@
+	@$(VENV)/bin/python -c 'import $(VENV_NEEDS)' || { echo "setup: $(VENV) still cannot import one of: $(VENV_NEEDS)"; exit 1; }

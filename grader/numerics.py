@@ -6,6 +6,8 @@ softmax): the student's error may be at most `MULTIPLIER` times PyTorch's, plus 
 keeps the rule meaningful where PyTorch happens to be almost exact. gradcheck is never used: it
 probes finite differences in float64, which says nothing about a kernel's float16 rounding.
 """
+import math
+
 import torch
 
 from grader import poison, runtime
@@ -163,9 +165,42 @@ def assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, baseline: torc
         raise AssertionError(
             f"{name}: max |error| {worst:.2e} at {_where(index)} (got {got64[index].item():.5g}, "
             f"expected {ref64[index].item():.5g}); allowed {allowed:.2e} = {MULTIPLIER:g} x PyTorch's "
-            f"{str(dtype).removeprefix('torch.')} error {baseline_err:.2e} + {floor:.0e}"
+            f"{str(dtype).removeprefix('torch.')} error {baseline_err:.2e} + {floor:.0e}" + _ratio_hint(got64, ref64)
         )
     return worst, allowed
+
+
+# got / expected constant over a tensor, at one of these values, is a known slip of units.
+KNOWN_RATIOS = ((math.log2(math.e), "log2(e): got is in base 2 (log2); lse must be the natural log"),
+                (math.log(2.0), "ln(2): got is the natural log where base 2 was expected"))
+
+
+def _ratio_hint(got64: torch.Tensor, ref64: torch.Tensor) -> str:
+    """'; got / expected = log2(e): ...' when every value is off by the same known factor, else ''."""
+    usable = ref64.abs() > 0.1  # away from 0, where rounding alone moves the ratio
+    if int(usable.sum()) < 2:
+        return ""
+    ratio = got64[usable] / ref64[usable]
+    for value, meaning in KNOWN_RATIOS:
+        if ((ratio - value).abs() <= 1e-2 * value).all():
+            return f"; got / expected = {meaning}"
+    return ""
+
+
+def assert_each_close(checks, dtype=None):
+    """assert_close on each (name, got, ref, baseline), and one failure that names every tensor that is
+    wrong and every one that is right: a causal off-by-one in a backward breaks dk and dv (one kernel)
+    but not dq (another), and a message about dk alone would hide that."""
+    wrong, right = [], []
+    for name, got, ref, baseline in checks:
+        try:
+            assert_close(name, got, ref, baseline, dtype=dtype)
+            right.append(name)
+        except AssertionError as exc:
+            wrong.append((name, str(exc)))
+    if wrong:
+        verdict = f"wrong: {', '.join(name for name, _ in wrong)}" + (f"; right: {', '.join(right)}" if right else "")
+        raise AssertionError(f"{verdict}. " + " | ".join(message for _, message in wrong))
 
 
 def _assert_dtype(name, got, expected, of):

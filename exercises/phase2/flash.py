@@ -12,7 +12,9 @@ import triton.language as tl
 
 from ..phase0.checks import check_attention_inputs, check_sm_scale
 
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): exp2 is the hardware instruction
+# exp(x) = exp2(x * log2(e)): exp2 is the hardware instruction. A tl.constexpr, so that a kernel may use it
+# too (a plain float global runs in the interpreter but does not compile); host code reads LOG2E.value.
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim, chosen by the sweep in

@@ -18,7 +18,7 @@ from ..phase4.backward import PRE_BLOCK, backward_config, bwd_preprocess_kernel
 from .dropout import dropout_keep
 from .varlen import as_heads
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr, usable in kernels; LOG2E.value on the host
 
 
 @triton.jit
@@ -190,7 +190,7 @@ def varlen_backward(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_
 
     dq, dk, dv = (torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
     dropout = dropout_p > 0.0
-    common = (sm_scale, sm_scale * LOG2E, seed if dropout else 0, dropout_p)
+    common = (sm_scale, sm_scale * LOG2E.value, seed if dropout else 0, dropout_p)
     strides = (*q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *do.stride()[:2])
     n_n_blocks, n_m_blocks = triton.cdiv(max_seqlen_k, n1), triton.cdiv(max_seqlen_q, m2)
     varlen_dkdv_kernel[(n_seq * H * n_n_blocks,)](

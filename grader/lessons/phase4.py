@@ -83,7 +83,7 @@ def atomic_backward(do, q, k, v, o, lse, causal=False, config=(64, 128, 8, 2)):
     bwd_atomic_dq_kernel[(triton.cdiv(N_K, block_n), B * H)](
         q, k, v, do, lse2, delta, dq32, dk, dv,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
-        H, N_Q, N_K, sm_scale, sm_scale * LOG2E,
+        H, N_Q, N_K, sm_scale, sm_scale * LOG2E.value,
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal, EVEN_K=N_K % block_n == 0,
         num_warps=warps, num_stages=stages)
     return dq32.to(q.dtype), dk, dv

@@ -10,7 +10,9 @@ import triton.language as tl
 
 from ..phase0.checks import check_attention_inputs, check_sm_scale
 
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): exp2 is the hardware instruction
+# exp(x) = exp2(x * log2(e)): exp2 is the hardware instruction. A tl.constexpr, so that a kernel may use it
+# too (a plain float global runs in the interpreter but does not compile); host code reads LOG2E.value.
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per head dim, chosen by the sweep in
@@ -105,7 +107,7 @@ def launch(q, k, v, sm_scale, BLOCK_M, BLOCK_N, num_warps, num_stages):
     ### BEGIN SOLUTION
     o = q.new_empty((B, H, Nq, D))
     grid = (triton.cdiv(Nq, BLOCK_M), B * H)
-    flash_v1_kernel[grid](q, k, v, o, sm_scale * LOG2E,
+    flash_v1_kernel[grid](q, k, v, o, sm_scale * LOG2E.value,
                           *q.stride(), *k.stride(), *v.stride(), *o.stride(), H, Nq, Nk,
                           D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, EVEN_N=Nk % BLOCK_N == 0, num_warps=num_warps,
                           num_stages=num_stages, PRECISION="ieee" if q.dtype == torch.float32 else "tf32")

@@ -15,7 +15,9 @@ import triton.language as tl
 
 from ..phase0.checks import check_attention_inputs, check_float_tensor
 
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): exp2 is the fast instruction
+# exp(x) = exp2(x * log2(e)): exp2 is the fast instruction. A tl.constexpr, so that kernels can use it
+# (a plain float global runs in the interpreter but does not compile); host code reads LOG2E.value.
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -40,7 +42,7 @@ def bwd_preprocess_kernel(O, DO, LSE, LSE2, DELTA,
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     tl.store(DELTA + bh * N_Q + offs_m, delta, mask=in_q)
     # The main kernels use exp2: p = exp2(s * sm_scale * log2(e) - lse * log2(e)).
-    tl.store(LSE2 + bh * N_Q + offs_m, lse * 1.4426950408889634, mask=in_q)
+    tl.store(LSE2 + bh * N_Q + offs_m, lse * LOG2E, mask=in_q)
     ### END SOLUTION
 
 
@@ -308,7 +310,7 @@ def flash_attention_backward(do, q, k, v, o, lse, causal=False, sm_scale=None, c
         HEAD_DIM=D, BLOCK_M=PRE_BLOCK)
 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    qk_scale = sm_scale * LOG2E
+    qk_scale = sm_scale * LOG2E.value
     bwd_dkdv_kernel[(triton.cdiv(N_K, n1), B * H)](
         q, k, v, do, lse2, delta, dk, dv,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],

@@ -20,8 +20,9 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from ..phase0.checks import check_attention_inputs
 from ..phase3.forward import _check_options as check_options
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+# constexprs, usable in kernels (a plain float global runs in the interpreter but does not compile)
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit

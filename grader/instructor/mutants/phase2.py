@@ -41,7 +41,8 @@ MUTANTS = [
            (("p = tl.math.exp2(qk - m_ij[:, None])", "p = tl.exp(qk - m_ij[:, None])"),),
            "exp where exp2 belongs: the scores are in log2 units (qk_scale includes log2(e))"),
     Mutant("p2-flash-scale-without-log2e", FLASH,
-           (("flash_v1_kernel[grid](q, k, v, o, sm_scale * LOG2E,", "flash_v1_kernel[grid](q, k, v, o, sm_scale,"),),
+           (("flash_v1_kernel[grid](q, k, v, o, sm_scale * LOG2E.value,",
+             "flash_v1_kernel[grid](q, k, v, o, sm_scale,"),),
            "exp2 in the kernel but the host passes sm_scale without the log2(e) factor"),
     Mutant("p2-flash-tail-keys-unmasked", FLASH,
            (("        if not EVEN_N:\n"
@@ -72,7 +73,8 @@ MUTANTS = [
     Mutant("p2-flash-v-with-k-strides", FLASH,
            (("v_ptr += off_b * stride_vb + off_h * stride_vh", "v_ptr += off_b * stride_kb + off_h * stride_kh"),),
            "v's batch/head offset computed with k's strides (copy-paste): right only when k and v share a layout",
-           killed_by="test_flash_attention_v1[fp16-Nq40-Nk70-mixed-layouts] (added: k and v always shared strides)"),
+           killed_by="test_flash_attention_v1[fp16-Nq40-Nk70-D32-mixed-layouts]"
+                     " (added: k and v always shared strides)"),
     Mutant("p2-flash-o-in-float32", FLASH,
            (("o = q.new_empty((B, H, Nq, D))", "o = q.new_empty((B, H, Nq, D), dtype=torch.float32)"),),
            "o allocated in float32 instead of q's dtype"),

@@ -14,7 +14,7 @@ MUTANTS = [
              "delta = tl.sum(do.to(tl.float32) * do.to(tl.float32), axis=1)"),),
            "delta = rowsum(dO * dO) instead of rowsum(dO * O)", tests=KERNEL_TESTS),
     Mutant("p4-lse-not-in-log2", BWD,
-           (("tl.store(LSE2 + bh * N_Q + offs_m, lse * 1.4426950408889634, mask=in_q)",
+           (("tl.store(LSE2 + bh * N_Q + offs_m, lse * LOG2E, mask=in_q)",
              "tl.store(LSE2 + bh * N_Q + offs_m, lse, mask=in_q)"),),
            "lse passed on in natural-log units while the kernels use exp2", tests=KERNEL_TESTS),
     Mutant("p4-delta-one-head-only", BWD,

@@ -25,6 +25,6 @@ def test_an_unmasked_load_is_named(tmp_path):
     folder = submissions.make(tmp_path, "unmasked-load", edits={"phase3/forward.py": [UNMASKED_LOAD]})
     proc, report, rows = submissions.grade(folder, 3, "-k", "forward and fp32-N1")
     assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
-    message = rows["forward[fp32-N1]"]["message"]
+    message = rows["forward[fp32-N1-D16]"]["message"]
     assert message.startswith("out-of-bounds load in `_attn_fwd` (phase3/forward.py:"), message
     assert "`K` (shape (1, 1, 1, 16))" in message, message

@@ -278,8 +278,8 @@ def test_a_forward_without_the_running_max_fails(tmp_path):
     folder = submissions.make(tmp_path, "no-running-max", edits={"phase3/forward.py": NO_RUNNING_MAX})
     proc, report, rows = submissions.grade(folder, 3, "-k", "forward and (large or fp32-N1 or Nq17)")
     assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert rows["forward[fp32-Nq17-Nk33]"]["outcome"] == "passed"  # fine at small magnitudes
-    assert rows["forward[fp32-causal-large-logits-scale30]"]["outcome"] == "failed"
+    assert rows["forward[fp32-Nq17-Nk33-D16]"]["outcome"] == "passed"  # fine at small magnitudes
+    assert rows["forward[fp32-causal-Nq40-Nk70-D32-large-logits-scale30]"]["outcome"] == "failed"
 
 
 def test_a_backward_that_overflows_for_large_scores_fails(tmp_path):
@@ -287,7 +287,7 @@ def test_a_backward_that_overflows_for_large_scores_fails(tmp_path):
     proc, report, rows = submissions.grade(folder, 4, "-k", "backward and (large or fp32-N16)")
     assert report is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert rows["backward[fp32-N16-D16]"]["outcome"] == "passed"  # fine at small magnitudes
-    assert rows["backward[fp32-causal-large-logits-scale30]"]["outcome"] == "failed"
+    assert rows["backward[fp32-causal-Nq30-Nk41-D32-large-logits-scale30]"]["outcome"] == "failed"
 
 
 # ---------------------------------------------------------------- what autograd keeps
