@@ -22,7 +22,7 @@ def _message(check) -> str:
 def test_a_causal_off_by_one_in_the_dkdv_kernel_names_dk_and_dv():
     """The dK/dV kernel lets each key see one query too many (key j <= i + 1); the dQ kernel is right.
     The message names both wrong gradients, and dq as right, so the student knows which kernel."""
-    from grader.phases import test_phase4
+    from grader import checks as test_phase4
 
     q, k, v, do = _qkv_do()
     _, _, *ref = numerics.reference_gradients(q, k, v, do, causal=True)
@@ -37,7 +37,7 @@ def test_a_causal_off_by_one_in_the_dkdv_kernel_names_dk_and_dv():
 
 
 def test_an_lse_in_base_2_says_so():
-    from grader.phases import test_phase3
+    from grader import checks as test_phase3
 
     q, k, _, _ = _qkv_do(Nq=20, Nk=33)
     lse = numerics.scores_logsumexp(q.double(), k.double())
