@@ -713,14 +713,23 @@ def _unshard(slices, layout):
 @pytest.mark.parametrize("case", [pytest.param(name, marks=interpreter_only) for name in RING_CASES["interpreter"][1]]
                          + [pytest.param(name, marks=gpu) for name in RING_CASES["gpu"][1]])
 @pytest.mark.parametrize("part", ["forward", "backward"])
-def test_ring_attention(device, case, part):
+def test_ring_attention(api, device, case, part):
     """ring_attention on several processes (gloo), each rank holding its slice of the sequence (contiguous or
-    zigzag), equals attention over the whole sequence on one device: o, and the gradients of every slice."""
+    zigzag), equals attention over the whole sequence on one device: o, and the gradients of every slice.
+    The forward case also checks the exported shard_sequence and unshard_sequence against the layout."""
     world, payload, ranks = _ring_results(device)
     inputs_ = payload["cases"][case]
     q, k, v, do = (inputs_[t] for t in ("q", "k", "v", "do"))
     members = ring.ring_ranks(world, inputs_["world"])
     got = [_unshard([ranks[r][case][i] for r in members], inputs_["layout"]) for i in range(4)]
+    if part == "forward":
+        layout, n_world = inputs_["layout"], inputs_["world"]
+        slices = [q[:, :, ring.held_positions(q.shape[2], r, n_world, layout)] for r in range(n_world)]
+        for r, expected in enumerate(slices):
+            assert torch.equal(api.shard_sequence(q, r, n_world, layout, dim=2), expected), (
+                f"shard_sequence(q, rank={r}, world={n_world}, layout={layout!r}) is not rank {r}'s slice")
+        assert torch.equal(api.unshard_sequence(slices, layout, dim=2), q), (
+            f"unshard_sequence of {n_world} {layout} slices is not the sequence they came from")
     mask = variants.visible(q.shape[2], k.shape[2], inputs_["causal"])
     o64, _, *ref = variants.reference_grads(q, k, v, do, mask)
     base = variants.baseline_grads(q, k, v, do, mask)
