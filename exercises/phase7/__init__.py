@@ -5,7 +5,8 @@ from .attention import FlashAttentionFunction, flash_attention
 from .backward import flash_attention_backward
 from .decode import check_decode_lengths, flash_decode
 from .forward import flash_attention_forward
-from .ring import ring_attention
+from .ring import ring_attention, shard_sequence, unshard_sequence
 
 __all__ = ["FlashAttentionFunction", "check_decode_lengths", "flash_attention", "flash_attention_backward",
-           "flash_attention_forward", "flash_decode", "ring_attention"]
+           "flash_attention_forward", "flash_decode", "ring_attention", "shard_sequence",
+           "unshard_sequence"]

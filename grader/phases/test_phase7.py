@@ -16,7 +16,7 @@ import hashlib
 import pytest
 import torch
 
-from grader import aot, bench, distributed, footprint, graphs, impl, numerics, remote, timing, variants
+from grader import aot, bench, distributed, footprint, graphs, impl, numerics, remote, ring, timing, variants
 from grader.checks import blame_nan_on_reads, check_backward_negative_logits
 from grader.honesty import HonestyError, graded_call, tensors_in, timed
 from grader.inputs import FLOAT, assert_accepts, assert_refuses, randn
@@ -654,11 +654,18 @@ def test_decode_refuses_bad_input(api, gen, device):
 
 # ---------------------------------------------------------------- ring attention, several processes
 RING_CASES = {
-    # name: (world size, B, H, H_kv, tokens per rank, D, causal, dtype) -- one process group runs them all
-    "interpreter": (3, {"fp32-causal-gqa2": (1, 4, 2, 8, 16, True, torch.float32),
-                        "fp16-mha": (1, 2, 2, 12, 32, False, torch.float16)}),
-    "gpu": (2, {"bf16-causal-gqa4-D128": (1, 8, 2, 512, 128, True, torch.bfloat16),
-                "bf16-D64": (2, 4, 4, 300, 64, False, torch.bfloat16)}),
+    # tier: (ranks of the one process group, {name: (ring size W, layout, B, H, H_kv, tokens per rank, D, causal,
+    # dtype)}). A ring smaller than the group runs on a subgroup of its last W ranks (grader.ring).
+    # zigzag: W = 2, 3, 4 causal (every kind of block: whole halves, causal diagonal, skipped) and one plain.
+    "interpreter": (4, {"fp32-causal-gqa2": (3, "contiguous", 1, 4, 2, 8, 16, True, torch.float32),
+                        "fp16-mha": (3, "contiguous", 1, 2, 2, 12, 32, False, torch.float16),
+                        "zigzag-W2-fp32-causal": (2, "zigzag", 1, 2, 1, 8, 16, True, torch.float32),
+                        "zigzag-W3-fp16-causal-gqa2": (3, "zigzag", 1, 4, 2, 8, 16, True, torch.float16),
+                        "zigzag-W4-fp32-causal": (4, "zigzag", 1, 2, 2, 6, 16, True, torch.float32),
+                        "zigzag-W4-fp32": (4, "zigzag", 1, 2, 1, 4, 16, False, torch.float32)}),
+    "gpu": (2, {"bf16-causal-gqa4-D128": (2, "contiguous", 1, 8, 2, 512, 128, True, torch.bfloat16),
+                "bf16-D64": (2, "contiguous", 2, 4, 4, 300, 64, False, torch.bfloat16),
+                "zigzag-bf16-causal-gqa4-D128": (2, "zigzag", 1, 8, 2, 512, 128, True, torch.bfloat16)}),
 }
 _RING_RESULTS = {}
 
@@ -671,10 +678,10 @@ def _ring_results(device):
         seed = int.from_bytes(hashlib.sha256(f"{base_seed()[0]}:ring".encode()).digest()[:4], "little")
         gen = torch.Generator().manual_seed(seed)
         payload = {"device": device, "tree": impl.tree(), "cases": {}}
-        for name, (B, H, H_kv, n, D, causal, dtype) in cases.items():
-            q, k, v = inputs(B, H, H_kv, n * world, n * world, D, dtype, "cpu", gen)
+        for name, (ring_world, layout, B, H, H_kv, n, D, causal, dtype) in cases.items():
+            q, k, v = inputs(B, H, H_kv, n * ring_world, n * ring_world, D, dtype, "cpu", gen)
             payload["cases"][name] = {"q": q, "k": k, "v": v, "do": randn(q.shape, dtype, "cpu", gen),
-                                      "causal": causal}
+                                      "causal": causal, "world": ring_world, "layout": layout}
         try:
             ranks = distributed.run("grader.ring:rank_main", world, payload, timeout=240)
             _RING_RESULTS[device] = ("ok", world, payload, ranks)
@@ -693,21 +700,40 @@ def _ring_results(device):
     return found[1:]
 
 
+def _unshard(slices, layout):
+    """The full-sequence tensor from the ring's per-rank slices (dim 2), placed by grader.ring's layout."""
+    n_total = sum(t.shape[2] for t in slices)
+    full = torch.empty((*slices[0].shape[:2], n_total, *slices[0].shape[3:]), dtype=slices[0].dtype)
+    for r, t in enumerate(slices):
+        full[:, :, ring.held_positions(n_total, r, len(slices), layout)] = t
+    return full
+
+
 @pytest.mark.points(3)
 @pytest.mark.parametrize("case", [pytest.param(name, marks=interpreter_only) for name in RING_CASES["interpreter"][1]]
                          + [pytest.param(name, marks=gpu) for name in RING_CASES["gpu"][1]])
 @pytest.mark.parametrize("part", ["forward", "backward"])
-def test_ring_attention(device, case, part):
-    """ring_attention on several processes (gloo), each rank holding its slice of the sequence, equals
-    attention over the whole sequence on one device: o, and the gradients of every slice."""
+def test_ring_attention(api, device, case, part):
+    """ring_attention on several processes (gloo), each rank holding its slice of the sequence (contiguous or
+    zigzag), equals attention over the whole sequence on one device: o, and the gradients of every slice.
+    The forward case also checks the exported shard_sequence and unshard_sequence against the layout."""
     world, payload, ranks = _ring_results(device)
     inputs_ = payload["cases"][case]
     q, k, v, do = (inputs_[t] for t in ("q", "k", "v", "do"))
-    got = [torch.cat([r[case][i] for r in ranks], dim=2) for i in range(4)]
+    members = ring.ring_ranks(world, inputs_["world"])
+    got = [_unshard([ranks[r][case][i] for r in members], inputs_["layout"]) for i in range(4)]
+    if part == "forward":
+        layout, n_world = inputs_["layout"], inputs_["world"]
+        slices = [q[:, :, ring.held_positions(q.shape[2], r, n_world, layout)] for r in range(n_world)]
+        for r, expected in enumerate(slices):
+            assert torch.equal(api.shard_sequence(q, r, n_world, layout, dim=2), expected), (
+                f"shard_sequence(q, rank={r}, world={n_world}, layout={layout!r}) is not rank {r}'s slice")
+        assert torch.equal(api.unshard_sequence(slices, layout, dim=2), q), (
+            f"unshard_sequence of {n_world} {layout} slices is not the sequence they came from")
     mask = variants.visible(q.shape[2], k.shape[2], inputs_["causal"])
     o64, _, *ref = variants.reference_grads(q, k, v, do, mask)
     base = variants.baseline_grads(q, k, v, do, mask)
-    where = f" ({world} ranks, {q.shape[2] // world} tokens each)"
+    where = f" ({inputs_['world']} ranks, {inputs_['layout']} layout, {q.shape[2] // inputs_['world']} tokens each)"
     names = ("o",) if part == "forward" else ("dq", "dk", "dv")
     picked = slice(0, 1) if part == "forward" else slice(1, 4)
     try:
