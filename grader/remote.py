@@ -26,6 +26,7 @@ seed, the inputs, the float64 references, the comparisons, the points and the re
 """
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,6 +165,9 @@ class Worker:
                     self.proc.wait()
             self.log.close()
             self.proc = None
+        if self.home is not None:  # the worker's folder (its log, the last kernel's name): nothing is kept
+            shutil.rmtree(self.home, ignore_errors=True)
+            self.home = None
 
 
 def tree_is_path(tree: str) -> bool:
