@@ -13,6 +13,14 @@ FLOPs). Split-KV (flash-decoding) restores the parallelism:
 - a second kernel merges the splits of each row through their logsumexps: Phase 3's
   `merge_partials`, for S partials at once (`merge_splits_with_partials` below does it with
   `merge_partials` itself, pairwise; the lesson measures why one fused kernel is needed at batch 1).
+
+What an inference engine's KV-cache call (flash-attn's `flash_attn_with_kvcache`) adds, each a few lines
+here: the new tokens' K/V appended into the cache in place (`_append_kv`, before the splits read it),
+several new queries causal among themselves, aligned bottom-right against the cache, and a paged cache
+whose pages a `block_table` lists (`_stream_keys` looks up a key block's page). Nothing here waits for
+the GPU, so a decoding step can be captured in a CUDA graph: the values only the GPU knows (lengths,
+page indices) are checked by the kernels, which clamp them and raise a flag the host reads later
+(`LengthFlag`).
 """
 import collections
 import functools
