@@ -26,8 +26,8 @@ def visible(n_q: int, n_k: int, causal=False, window=None, device="cpu", alignme
     left, right = window if window is not None else (-1, -1)
     if causal:
         right = 0
-    shift = n_k - n_q if alignment == "bottom-right" else 0
-    i = torch.arange(n_q, device=device)[:, None] + shift
+    first = n_k - n_q if alignment == "bottom-right" else 0  # the first query's position
+    i = torch.arange(first, first + n_q, device=device)[:, None]
     j = torch.arange(n_k, device=device)[None, :]
     ok = torch.ones(n_q, n_k, dtype=torch.bool, device=device)
     if left >= 0:
