@@ -11,12 +11,11 @@ launch; and throughput, measured in the same run, against SDPA's cuDNN backend a
 student's own Phase 3 forward and Phase 4 backward, which Phase 5 must beat.
 """
 import math
-import os
 
 import pytest
 import torch
 
-from grader import aot, bench, impl, remote, timing
+from grader import aot, bench, impl, remote, settings, timing
 from grader.checks import (AUTOGRAD_CASES, BACKWARD_CASES, FORWARD_CASES, check_autograd, check_backward,
                            check_backward_negative_logits, check_causal_never_reads_invisible_keys, check_forward,
                            check_reads_nothing_past_nk, check_saves_no_n_by_n_tensor, o_lse, refuses_bad_backward_input,
@@ -243,7 +242,7 @@ def _check_forward_config(launch, entry: str, D: int, causal: bool, n_k: int) ->
     that the pruning rule keeps). Returns what was checked, for the report."""
     forward = remote.load_module(PHASE, "forward")
     got = tuple(launch.options.get(k) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
-    if os.environ.get("FA_AUTOTUNE") == "1":
+    if settings.AUTOTUNE.get() == "1":
         cfg = forward.Config(*got)
         if not graded_call(forward.fits, cfg, D, forward.shared_memory_limit(torch.device("cuda")), triton=False,
                            what="fits"):
