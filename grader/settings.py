@@ -68,7 +68,7 @@ CRASH_LOG = Variable("FA_CRASH_LOG", None, INTERNAL,
 BENCH_PHASE = Variable("FA_BENCH_PHASE", "3", INTERNAL, "the phase `make bench` times (set from PHASE)")
 WORKER_USER = Variable("FA_WORKER_USER", None, INSTRUCTOR,
                        "a user name: a grading run started as root runs the graded code (the worker) as that user, "
-                       "who cannot read what it is not given (see INSTRUCTORS.md)")
+                       "who cannot read what it is not given (see the instructors' guide)")
 RING_TIMEOUT = Variable("FA_RING_TIMEOUT", "90", STUDENT,
                         "seconds a process of Phase 7's ring-attention test waits for its neighbours before it "
                         "gives up (a send or receive that never matches)")
